@@ -1,0 +1,298 @@
+//! The abs-normal form at a point and the reduced active data (THEORY.md §2).
+//!
+//! With uᵢ = |zᵢ| treated as independent inputs, the program is `z = F(x, u)`, `y = f(x, u)`,
+//! and at x̂
+//!
+//! ```text
+//! Z = ∂F/∂x (s×n),  L = ∂F/∂u (s×s, strictly lower),  a = ∂f/∂x (1×n),  b = ∂f/∂u (1×s).
+//! ```
+//!
+//! [`abs_normal_form`] reads them off with one reverse sweep per switch plus one from y, every
+//! `abs` stopping propagation. The ADOL-C export uses Y = a, J = b, `cz = z − L|z|`,
+//! `cy = y − J|z|`.
+//!
+//! Eliminating the inactive switches (which keep their sign σ near x̂) gives the reduced model
+//! on the active set α:
+//!
+//! ```text
+//! Δz_α = J_α d + L̂ |Δz_α|,   Δy = g0 d + b̂ |Δz_α|,
+//! J_α = [(I − LΣ)⁻¹Z]_α,  L̂ = [(I − LΣ)⁻¹L]_αα,  g0 = a + bΣ(I − LΣ)⁻¹Z,  b̂ = b_α + bΣ(I − LΣ)⁻¹L_α.
+//! ```
+//!
+//! [`ActiveData::compute`] gets them by k + 1 reverse sweeps (abs′ = sign at inactive switches,
+//! stop at active ones), never forming (I − LΣ)⁻¹.
+
+use crate::eval::{AbsRule, EvalError, Evaluation, ReverseSweeper, Seed};
+use crate::graph::{Graph, SwitchId};
+use serde::Serialize;
+
+/// The abs-normal form at x̂ (sparse rows), in kinkcheck's scalar-output setting (m = 1).
+#[derive(Debug, Clone)]
+pub struct AbsNormalForm {
+    pub n: usize,
+    pub s: usize,
+    pub x: Vec<f64>,
+    pub y: f64,
+    pub z: Vec<f64>,
+    /// Rows of Z = ∂z/∂x, sparse `(column, value)`.
+    pub z_rows: Vec<Vec<(usize, f64)>>,
+    /// Rows of L = ∂z/∂|z|, sparse, strictly lower triangular.
+    pub l_rows: Vec<Vec<(usize, f64)>>,
+    /// a = ∂y/∂x (exported as Y).
+    pub a: Vec<f64>,
+    /// b = ∂y/∂|z| (exported as J).
+    pub b: Vec<f64>,
+}
+
+fn sparse(v: &[f64]) -> Vec<(usize, f64)> {
+    v.iter()
+        .enumerate()
+        .filter(|(_, &c)| c != 0.0)
+        .map(|(i, &c)| (i, c))
+        .collect()
+}
+
+/// Compute the abs-normal form of `g` at the point of `ev` (s + 1 reverse sweeps).
+///
+/// ```
+/// use kinkcheck::{frontend::kc, eval, anf};
+/// let g = kc::compile("vars x; f = abs(x + 2*abs(x)) - 2*abs(x)").unwrap();
+/// let ev = eval::evaluate(&g, &[0.0]).unwrap();
+/// let form = anf::abs_normal_form(&g, &ev).unwrap();
+/// let e = form.export();
+/// assert_eq!(e.s, 2);
+/// assert_eq!(e.big_l, vec![vec![0.0, 0.0], vec![2.0, 0.0]]);
+/// assert_eq!(e.big_j, vec![vec![-2.0, 1.0]]);
+/// ```
+pub fn abs_normal_form(g: &Graph, ev: &Evaluation) -> Result<AbsNormalForm, EvalError> {
+    let s = g.n_switches();
+    let rules = vec![AbsRule::Stop; s];
+    let mut sw = ReverseSweeper::new(g, ev);
+    let mut z_rows = Vec::with_capacity(s);
+    let mut l_rows = Vec::with_capacity(s);
+    for i in 0..s {
+        let adj = sw.sweep(Seed::Switch(SwitchId(i)), &rules)?;
+        z_rows.push(sparse(&adj.grad));
+        l_rows.push(adj.stopped.iter().map(|&(j, v)| (j.0, v)).collect());
+    }
+    let out = sw.sweep(Seed::Output, &rules)?;
+    let mut b = vec![0.0; s];
+    for (j, v) in out.stopped {
+        b[j.0] = v;
+    }
+    Ok(AbsNormalForm {
+        n: g.n_vars(),
+        s,
+        x: ev.x.clone(),
+        y: ev.output(g)?,
+        z: ev.switches(g),
+        z_rows,
+        l_rows,
+        a: out.grad,
+        b,
+    })
+}
+
+/// The ADOL-C-convention export of CONTRACT §3:
+/// `z = cz + Z·Δx + L·|z|`, `y = cy + Y·Δx + J·|z|`.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct AnfExport {
+    pub n: usize,
+    pub m: usize,
+    pub s: usize,
+    pub x: Vec<f64>,
+    pub y: Vec<f64>,
+    pub z: Vec<f64>,
+    pub cz: Vec<f64>,
+    pub cy: Vec<f64>,
+    #[serde(rename = "Y")]
+    pub big_y: Vec<Vec<f64>>,
+    #[serde(rename = "J")]
+    pub big_j: Vec<Vec<f64>>,
+    #[serde(rename = "Z")]
+    pub big_z: Vec<Vec<f64>>,
+    #[serde(rename = "L")]
+    pub big_l: Vec<Vec<f64>>,
+}
+
+fn dense(row: &[(usize, f64)], len: usize) -> Vec<f64> {
+    let mut v = vec![0.0; len];
+    for &(j, c) in row {
+        v[j] = c;
+    }
+    v
+}
+
+impl AbsNormalForm {
+    /// Dense ADOL-C-style export (`cz = z − L|z|`, `cy = y − J|z|`).
+    pub fn export(&self) -> AnfExport {
+        let absz: Vec<f64> = self.z.iter().map(|v| v.abs()).collect();
+        let cz = (0..self.s)
+            .map(|i| self.z[i] - self.l_rows[i].iter().map(|&(j, c)| c * absz[j]).sum::<f64>())
+            .collect();
+        let cy = self.y - self.b.iter().zip(&absz).map(|(b, u)| b * u).sum::<f64>();
+        AnfExport {
+            n: self.n,
+            m: 1,
+            s: self.s,
+            x: self.x.clone(),
+            y: vec![self.y],
+            z: self.z.clone(),
+            cz,
+            cy: vec![cy],
+            big_y: vec![self.a.clone()],
+            big_j: vec![self.b.clone()],
+            big_z: self.z_rows.iter().map(|r| dense(r, self.n)).collect(),
+            big_l: self.l_rows.iter().map(|r| dense(r, self.s)).collect(),
+        }
+    }
+
+    /// Evaluate the abs-linear model at x̂ + Δx: solve `z = cz + ZΔx + L|z|` by forward
+    /// substitution, then `y = cy + aΔx + b|z|`. Returns `(y, z)`.
+    pub fn abs_linear(&self, dx: &[f64]) -> (f64, Vec<f64>) {
+        let e = self.export();
+        let mut z: Vec<f64> = vec![0.0; self.s];
+        for i in 0..self.s {
+            let mut v = e.cz[i];
+            for &(j, c) in &self.z_rows[i] {
+                v += c * dx[j];
+            }
+            for &(j, c) in &self.l_rows[i] {
+                v += c * z[j].abs();
+            }
+            z[i] = v;
+        }
+        let mut y = e.cy[0];
+        y += self.a.iter().zip(dx).map(|(a, d)| a * d).sum::<f64>();
+        y += self.b.iter().zip(&z).map(|(b, z)| b * z.abs()).sum::<f64>();
+        (y, z)
+    }
+}
+
+/// The reduced active data (J_α, L̂, g0, b̂) on an active set α, in evaluation order.
+#[derive(Debug, Clone)]
+pub struct ActiveData {
+    /// α: the active switches kept (degenerate ones removed), ascending.
+    pub active: Vec<SwitchId>,
+    /// Active switches removed because ż ≡ 0 on every piece (zero rows of J_α and L̂).
+    pub degenerate: Vec<SwitchId>,
+    /// Rows of J_α = [(I − LΣ)⁻¹Z]_α (k × n, dense rows).
+    pub j: Vec<Vec<f64>>,
+    /// L̂ = [(I − LΣ)⁻¹L]_αα (k × k, strictly lower), row-major.
+    pub lhat: Vec<Vec<f64>>,
+    /// g0 = a + bΣ(I − LΣ)⁻¹Z.
+    pub g0: Vec<f64>,
+    /// b̂ = b_α + bΣ(I − LΣ)⁻¹L_α.
+    pub bhat: Vec<f64>,
+}
+
+impl ActiveData {
+    /// k + 1 reverse sweeps: seeded at each active switch (row of J_α and of L̂), then at y
+    /// (g0 and b̂). `z` are the switch values; switches in `active` stop the sweeps, the others
+    /// propagate with sign(zᵢ).
+    pub fn compute(
+        g: &Graph,
+        ev: &Evaluation,
+        z: &[f64],
+        active: &[SwitchId],
+    ) -> Result<ActiveData, EvalError> {
+        let mut pos = vec![usize::MAX; g.n_switches()];
+        let mut rules: Vec<AbsRule> = z.iter().map(|v| AbsRule::Factor(v.signum())).collect();
+        for (k, s) in active.iter().enumerate() {
+            rules[s.0] = AbsRule::Stop;
+            pos[s.0] = k;
+        }
+        let k = active.len();
+        let mut sw = ReverseSweeper::new(g, ev);
+        let mut j = Vec::with_capacity(k);
+        let mut lhat = vec![vec![0.0; k]; k];
+        for (r, &s) in active.iter().enumerate() {
+            let adj = sw.sweep(Seed::Switch(s), &rules)?;
+            j.push(adj.grad);
+            for (t, v) in adj.stopped {
+                lhat[r][pos[t.0]] = v;
+            }
+        }
+        let out = sw.sweep(Seed::Output, &rules)?;
+        let mut bhat = vec![0.0; k];
+        for (t, v) in out.stopped {
+            bhat[pos[t.0]] = v;
+        }
+        let mut data = ActiveData {
+            active: active.to_vec(),
+            degenerate: vec![],
+            j,
+            lhat,
+            g0: out.grad,
+            bhat,
+        };
+        data.remove_degenerate();
+        Ok(data)
+    }
+
+    /// Number of active switches k.
+    pub fn k(&self) -> usize {
+        self.active.len()
+    }
+
+    /// Drop switches with ż ≡ 0 on every piece: a zero row of J_α whose L̂ row only refers to
+    /// switches that are themselves degenerate (THEORY §4, "degenerate switches").
+    fn remove_degenerate(&mut self) {
+        let k = self.active.len();
+        let mut degen = vec![false; k];
+        for i in 0..k {
+            degen[i] = self.j[i].iter().all(|&c| c == 0.0)
+                && (0..k).all(|t| self.lhat[i][t] == 0.0 || degen[t]);
+        }
+        if !degen.iter().any(|&d| d) {
+            return;
+        }
+        let keep: Vec<usize> = (0..k).filter(|&i| !degen[i]).collect();
+        self.degenerate = (0..k)
+            .filter(|&i| degen[i])
+            .map(|i| self.active[i])
+            .collect();
+        self.active = keep.iter().map(|&i| self.active[i]).collect();
+        self.j = keep.iter().map(|&i| std::mem::take(&mut self.j[i])).collect();
+        self.lhat = keep
+            .iter()
+            .map(|&i| keep.iter().map(|&t| self.lhat[i][t]).collect())
+            .collect();
+        self.bhat = keep.iter().map(|&i| self.bhat[i]).collect();
+    }
+
+    /// Switch gradients ż_α(σ̃) = (I − L̂Σ̃)⁻¹J_α by forward substitution, for any σ̃ ∈ [−1,1]^α.
+    pub fn switch_gradients(&self, sigma: &[f64]) -> Vec<Vec<f64>> {
+        let k = self.k();
+        let mut zd: Vec<Vec<f64>> = Vec::with_capacity(k);
+        for i in 0..k {
+            let mut row = self.j[i].clone();
+            for t in 0..i {
+                let c = self.lhat[i][t] * sigma[t];
+                if c != 0.0 {
+                    for (r, v) in row.iter_mut().zip(&zd[t]) {
+                        *r += c * v;
+                    }
+                }
+            }
+            zd.push(row);
+        }
+        zd
+    }
+
+    /// AD(σ̃) = g0 + b̂Σ̃(I − L̂Σ̃)⁻¹J_α (THEORY §3); at a vertex σ ∈ {±1}^α it is the piece
+    /// gradient g(σ) (§4).
+    pub fn ad(&self, sigma: &[f64]) -> Vec<f64> {
+        let zd = self.switch_gradients(sigma);
+        let mut g = self.g0.clone();
+        for i in 0..self.k() {
+            let c = self.bhat[i] * sigma[i];
+            if c != 0.0 {
+                for (r, v) in g.iter_mut().zip(&zd[i]) {
+                    *r += c * v;
+                }
+            }
+        }
+        g
+    }
+}

@@ -1,0 +1,794 @@
+//! Evaluation at a point, forward tangents, reverse adjoints and AD under a convention
+//! (THEORY.md §2–§3).
+//!
+//! All sweeps work on flat buffers (one `f64` per element of every node). The reverse sweep
+//! treats each switch by an [`AbsRule`]: propagate with a factor (abs′(zᵢ) = σ̃ᵢ) or *stop*
+//! and record the adjoint arriving at `|zᵢ|` (treating uᵢ = |zᵢ| as an independent input,
+//! which is how the abs-normal data Z, L, a, b and the reduced data J_α, L̂, g0, b̂ are read
+//! off). Backward-mode AD under a convention is the reverse sweep with
+//! abs′(zᵢ) = sign(zᵢ) off the kinks and the convention's σ̃ at exact zeros:
+//!
+//! ```text
+//! AD(σ̃) = a + b Σ̃ (I − L Σ̃)⁻¹ Z
+//! ```
+
+use crate::convention::Convention;
+use crate::graph::{describe_origin, Graph, NodeId, Op, Role, Smooth, SwitchId};
+use thiserror::Error;
+
+/// A failure to evaluate the program at the point.
+#[derive(Debug, Error, Clone, PartialEq)]
+pub enum EvalError {
+    #[error("the point has {got} coordinates, the program has {want} variables")]
+    PointLength { got: usize, want: usize },
+    #[error("coordinate {index} of the point is {value} (NaN and infinities are not allowed)")]
+    NonFinitePoint { index: usize, value: f64 },
+    #[error("{place}: {what}")]
+    Undefined { place: String, what: String },
+    #[error("the graph has no scalar output")]
+    NoOutput,
+}
+
+/// Values of every node at a point x̂ (flat, node `i` at `graph.node(i).offset`).
+#[derive(Debug, Clone)]
+pub struct Evaluation {
+    /// The point x̂.
+    pub x: Vec<f64>,
+    /// Flat node values.
+    pub values: Vec<f64>,
+}
+
+impl Evaluation {
+    /// The value of a node.
+    pub fn value<'a>(&'a self, g: &Graph, id: NodeId) -> &'a [f64] {
+        let n = g.node(id);
+        &self.values[n.offset..n.offset + n.len]
+    }
+
+    /// The scalar output y(x̂).
+    pub fn output(&self, g: &Graph) -> Result<f64, EvalError> {
+        let y = g.output().ok_or(EvalError::NoOutput)?;
+        Ok(self.value(g, y)[0])
+    }
+
+    /// The switching variables z(x̂) in evaluation order.
+    pub fn switches(&self, g: &Graph) -> Vec<f64> {
+        let mut z = Vec::with_capacity(g.n_switches());
+        for an in g.abs_nodes() {
+            z.extend_from_slice(self.value(g, an.arg));
+        }
+        z
+    }
+}
+
+#[inline]
+fn bidx(len: usize, k: usize) -> usize {
+    if len == 1 {
+        0
+    } else {
+        k
+    }
+}
+
+fn sigmoid(t: f64) -> f64 {
+    if t >= 0.0 {
+        1.0 / (1.0 + (-t).exp())
+    } else {
+        let e = t.exp();
+        e / (1.0 + e)
+    }
+}
+
+fn softplus(t: f64) -> f64 {
+    if t > 30.0 {
+        t + (-t).exp().ln_1p()
+    } else {
+        t.exp().ln_1p()
+    }
+}
+
+fn smooth_value(f: Smooth, t: f64) -> f64 {
+    match f {
+        Smooth::Exp => t.exp(),
+        Smooth::Log => t.ln(),
+        Smooth::Sqrt => t.sqrt(),
+        Smooth::Tanh => t.tanh(),
+        Smooth::Sigmoid => sigmoid(t),
+        Smooth::Softplus => softplus(t),
+        Smooth::Sin => t.sin(),
+        Smooth::Cos => t.cos(),
+    }
+}
+
+/// Derivative of a smooth elemental at `t` (with value `v`).
+fn smooth_deriv(f: Smooth, t: f64, v: f64) -> f64 {
+    match f {
+        Smooth::Exp => v,
+        Smooth::Log => 1.0 / t,
+        Smooth::Sqrt => 0.5 / v,
+        Smooth::Tanh => 1.0 - v * v,
+        Smooth::Sigmoid => v * (1.0 - v),
+        Smooth::Softplus => sigmoid(t),
+        Smooth::Sin => t.cos(),
+        Smooth::Cos => -t.sin(),
+    }
+}
+
+/// Evaluate every node at `x`. Fails with a message naming the place when a value is
+/// undefined (log of a non-positive number, division by zero, overflow) or when a smooth
+/// elemental is not differentiable there (sqrt at 0).
+pub fn evaluate(g: &Graph, x: &[f64]) -> Result<Evaluation, EvalError> {
+    if x.len() != g.n_vars() {
+        return Err(EvalError::PointLength {
+            got: x.len(),
+            want: g.n_vars(),
+        });
+    }
+    if let Some((index, &value)) = x.iter().enumerate().find(|(_, v)| !v.is_finite()) {
+        return Err(EvalError::NonFinitePoint { index, value });
+    }
+    let mut vals = vec![0.0; g.total_len()];
+    for (i, node) in g.nodes().iter().enumerate() {
+        let off = node.offset;
+        let len = node.len;
+        let get = |vals: &Vec<f64>, id: NodeId| -> (usize, usize) {
+            let n = g.node(id);
+            let _ = vals;
+            (n.offset, n.len)
+        };
+        let undefined = |what: String| EvalError::Undefined {
+            place: describe_origin(g.origin_of(NodeId(i as u32))),
+            what,
+        };
+        match &node.op {
+            Op::Var { offset } => vals[off..off + len].copy_from_slice(&x[*offset..offset + len]),
+            Op::Const(c) => vals[off..off + len].copy_from_slice(c),
+            Op::Add(a, b) | Op::Sub(a, b) | Op::Mul(a, b) | Op::Div(a, b) => {
+                let (oa, la) = get(&vals, *a);
+                let (ob, lb) = get(&vals, *b);
+                for k in 0..len {
+                    let va = vals[oa + bidx(la, k)];
+                    let vb = vals[ob + bidx(lb, k)];
+                    vals[off + k] = match &node.op {
+                        Op::Add(..) => va + vb,
+                        Op::Sub(..) => va - vb,
+                        Op::Mul(..) => va * vb,
+                        _ => {
+                            if vb == 0.0 {
+                                return Err(undefined("division by zero".into()));
+                            }
+                            va / vb
+                        }
+                    };
+                }
+            }
+            Op::Neg(a) => {
+                let (oa, _) = get(&vals, *a);
+                for k in 0..len {
+                    vals[off + k] = -vals[oa + k];
+                }
+            }
+            Op::PowI(a, p) => {
+                let (oa, _) = get(&vals, *a);
+                for k in 0..len {
+                    let t = vals[oa + k];
+                    if t == 0.0 && *p < 0 {
+                        return Err(undefined(format!("0 raised to the power {p}")));
+                    }
+                    vals[off + k] = t.powi(*p);
+                }
+            }
+            Op::Unary(f, a) => {
+                let (oa, _) = get(&vals, *a);
+                for k in 0..len {
+                    let t = vals[oa + k];
+                    match f {
+                        Smooth::Log if t <= 0.0 => {
+                            return Err(undefined(format!("log of {t} is undefined")))
+                        }
+                        Smooth::Sqrt if t < 0.0 => {
+                            return Err(undefined(format!("sqrt of {t} is undefined")))
+                        }
+                        Smooth::Sqrt if t == 0.0 => {
+                            return Err(undefined(
+                                "sqrt is not differentiable at 0 (not locally Lipschitz)".into(),
+                            ))
+                        }
+                        _ => {}
+                    }
+                    vals[off + k] = smooth_value(*f, t);
+                }
+            }
+            Op::Abs(a) => {
+                let (oa, _) = get(&vals, *a);
+                for k in 0..len {
+                    vals[off + k] = vals[oa + k].abs();
+                }
+            }
+            Op::MatVec { w, x: xv, rows } => {
+                let (ow, _) = get(&vals, *w);
+                let (ox, lx) = get(&vals, *xv);
+                for r in 0..*rows {
+                    let row = &vals[ow + r * lx..ow + (r + 1) * lx];
+                    let xs = &vals[ox..ox + lx];
+                    vals[off + r] = dot(row, xs);
+                }
+            }
+            Op::Sum(a) => {
+                let (oa, la) = get(&vals, *a);
+                vals[off] = vals[oa..oa + la].iter().sum();
+            }
+            Op::Gather(a, idx) => {
+                let (oa, _) = get(&vals, *a);
+                for (k, &j) in idx.iter().enumerate() {
+                    vals[off + k] = vals[oa + j];
+                }
+            }
+            Op::Concat(parts) => {
+                let mut k = off;
+                for p in parts {
+                    let (op_, lp) = get(&vals, *p);
+                    vals.copy_within(op_..op_ + lp, k);
+                    k += lp;
+                }
+            }
+            Op::LogSumExp(a) => {
+                let (oa, la) = get(&vals, *a);
+                vals[off] = logsumexp(&vals[oa..oa + la]);
+            }
+        }
+        if let Some(v) = vals[off..off + len].iter().find(|v| !v.is_finite()) {
+            return Err(undefined(format!(
+                "value {v} is not finite (overflow or undefined operation)"
+            )));
+        }
+    }
+    Ok(Evaluation {
+        x: x.to_vec(),
+        values: vals,
+    })
+}
+
+fn dot(a: &[f64], b: &[f64]) -> f64 {
+    // four accumulators: lets the compiler vectorize
+    let mut acc = [0.0f64; 4];
+    let chunks = a.len() / 4;
+    for c in 0..chunks {
+        for l in 0..4 {
+            acc[l] += a[4 * c + l] * b[4 * c + l];
+        }
+    }
+    let mut s = (acc[0] + acc[1]) + (acc[2] + acc[3]);
+    for k in 4 * chunks..a.len() {
+        s += a[k] * b[k];
+    }
+    s
+}
+
+fn logsumexp(v: &[f64]) -> f64 {
+    let m = v.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+    m + v.iter().map(|t| (t - m).exp()).sum::<f64>().ln()
+}
+
+/// Magnitude of the terms that produced each value: linear operations add the magnitudes of
+/// their terms, products multiply them, other nodes use |value|. Used for the near-active band
+/// `0 < |zᵢ| ≤ τ_act · scaleᵢ` (THEORY §6.6): a cancellation to a tiny nonzero is then
+/// recognised as a possible rounding of an exact kink.
+pub fn magnitudes(g: &Graph, ev: &Evaluation) -> Vec<f64> {
+    let mut m = vec![0.0; g.total_len()];
+    for node in g.nodes() {
+        let (off, len) = (node.offset, node.len);
+        let slot = |id: NodeId| {
+            let n = g.node(id);
+            (n.offset, n.len)
+        };
+        match &node.op {
+            Op::Add(a, b) | Op::Sub(a, b) | Op::Mul(a, b) => {
+                let ((oa, la), (ob, lb)) = (slot(*a), slot(*b));
+                for k in 0..len {
+                    let (ma, mb) = (m[oa + bidx(la, k)], m[ob + bidx(lb, k)]);
+                    m[off + k] = if matches!(node.op, Op::Mul(..)) {
+                        ma * mb
+                    } else {
+                        ma + mb
+                    };
+                }
+            }
+            Op::Neg(a) | Op::Abs(a) => {
+                let (oa, _) = slot(*a);
+                for k in 0..len {
+                    m[off + k] = m[oa + k];
+                }
+            }
+            Op::Div(a, b) => {
+                let ((oa, la), (ob, lb)) = (slot(*a), slot(*b));
+                for k in 0..len {
+                    m[off + k] = m[oa + bidx(la, k)] / ev.values[ob + bidx(lb, k)].abs();
+                }
+            }
+            Op::MatVec { w, x, rows } => {
+                let ((ow, _), (ox, lx)) = (slot(*w), slot(*x));
+                for r in 0..*rows {
+                    m[off + r] = (0..lx)
+                        .map(|j| m[ow + r * lx + j] * m[ox + j])
+                        .sum::<f64>();
+                }
+            }
+            Op::Sum(a) => {
+                let (oa, la) = slot(*a);
+                m[off] = m[oa..oa + la].iter().sum();
+            }
+            Op::Gather(a, idx) => {
+                let (oa, _) = slot(*a);
+                for (k, &j) in idx.iter().enumerate() {
+                    m[off + k] = m[oa + j];
+                }
+            }
+            Op::Concat(parts) => {
+                let mut k = off;
+                for p in parts {
+                    let (op_, lp) = slot(*p);
+                    m.copy_within(op_..op_ + lp, k);
+                    k += lp;
+                }
+            }
+            _ => {
+                for k in 0..len {
+                    m[off + k] = ev.values[off + k].abs();
+                }
+            }
+        }
+    }
+    m
+}
+
+/// How a sweep treats switch i: propagate through |·| with the factor abs′(zᵢ), or stop there
+/// (uᵢ = |zᵢ| is then an independent input whose adjoint is recorded).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum AbsRule {
+    Factor(f64),
+    Stop,
+}
+
+/// Result of a reverse sweep: the adjoint reaching x (a row vector of length n) and the
+/// adjoints reaching the outputs of the stopped switches.
+#[derive(Debug, Clone, Default)]
+pub struct Adjoint {
+    pub grad: Vec<f64>,
+    /// `(switch, adjoint arriving at |z_switch|)`, nonzero entries only, ascending switch.
+    pub stopped: Vec<(SwitchId, f64)>,
+}
+
+/// Where a reverse sweep is seeded.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Seed {
+    /// The scalar output y.
+    Output,
+    /// The argument zᵢ of a switch.
+    Switch(SwitchId),
+}
+
+/// Reusable buffers for many reverse sweeps over one graph and point.
+pub struct ReverseSweeper<'a> {
+    g: &'a Graph,
+    ev: &'a Evaluation,
+    adj: Vec<f64>,
+    touched: Vec<bool>,
+    /// For each node, if it is an abs node: its index in `g.abs_nodes()`.
+    abs_index: Vec<u32>,
+}
+
+impl<'a> ReverseSweeper<'a> {
+    /// Buffers for sweeps over `g` at the point of `ev`.
+    pub fn new(g: &'a Graph, ev: &'a Evaluation) -> Self {
+        let mut abs_index = vec![u32::MAX; g.nodes().len()];
+        for (k, an) in g.abs_nodes().iter().enumerate() {
+            abs_index[an.node.index()] = k as u32;
+        }
+        ReverseSweeper {
+            g,
+            ev,
+            adj: vec![0.0; g.total_len()],
+            touched: vec![false; g.nodes().len()],
+            abs_index,
+        }
+    }
+
+    /// One reverse sweep from `seed` with `rules[i]` applied at switch i.
+    pub fn sweep(&mut self, seed: Seed, rules: &[AbsRule]) -> Result<Adjoint, EvalError> {
+        let g = self.g;
+        let vals = &self.ev.values;
+        let (start, seed_off) = match seed {
+            Seed::Output => {
+                let y = g.output().ok_or(EvalError::NoOutput)?;
+                (y, g.node(y).offset)
+            }
+            Seed::Switch(s) => {
+                let (k, e) = g.switch_location(s);
+                let arg = g.abs_nodes()[k].arg;
+                (arg, g.node(arg).offset + e)
+            }
+        };
+        self.adj.iter_mut().for_each(|a| *a = 0.0);
+        self.touched.iter_mut().for_each(|t| *t = false);
+        self.adj[seed_off] = 1.0;
+        self.touched[start.index()] = true;
+        let mut grad = vec![0.0; g.n_vars()];
+        let mut stopped = Vec::new();
+        let adj = &mut self.adj;
+        let touched = &mut self.touched;
+        for i in (0..=start.index()).rev() {
+            if !touched[i] {
+                continue;
+            }
+            let node = &g.nodes()[i];
+            let (off, len) = (node.offset, node.len);
+            let mut mark = |id: NodeId| touched[id.index()] = true;
+            let slot = |id: NodeId| {
+                let n = g.node(id);
+                (n.offset, n.len)
+            };
+            match &node.op {
+                Op::Var { offset } => {
+                    for k in 0..len {
+                        grad[offset + k] += adj[off + k];
+                    }
+                }
+                Op::Const(_) => {}
+                Op::Add(a, b) | Op::Sub(a, b) => {
+                    let ((oa, la), (ob, lb)) = (slot(*a), slot(*b));
+                    let sb = if matches!(node.op, Op::Sub(..)) {
+                        -1.0
+                    } else {
+                        1.0
+                    };
+                    for k in 0..len {
+                        let l = adj[off + k];
+                        adj[oa + bidx(la, k)] += l;
+                        adj[ob + bidx(lb, k)] += sb * l;
+                    }
+                    mark(*a);
+                    mark(*b);
+                }
+                Op::Mul(a, b) => {
+                    let ((oa, la), (ob, lb)) = (slot(*a), slot(*b));
+                    for k in 0..len {
+                        let l = adj[off + k];
+                        let (va, vb) = (vals[oa + bidx(la, k)], vals[ob + bidx(lb, k)]);
+                        adj[oa + bidx(la, k)] += l * vb;
+                        adj[ob + bidx(lb, k)] += l * va;
+                    }
+                    mark(*a);
+                    mark(*b);
+                }
+                Op::Div(a, b) => {
+                    let ((oa, la), (ob, lb)) = (slot(*a), slot(*b));
+                    for k in 0..len {
+                        let l = adj[off + k];
+                        let vb = vals[ob + bidx(lb, k)];
+                        let v = vals[off + k];
+                        adj[oa + bidx(la, k)] += l / vb;
+                        adj[ob + bidx(lb, k)] -= l * v / vb;
+                    }
+                    mark(*a);
+                    mark(*b);
+                }
+                Op::Neg(a) => {
+                    let (oa, _) = slot(*a);
+                    for k in 0..len {
+                        adj[oa + k] -= adj[off + k];
+                    }
+                    mark(*a);
+                }
+                Op::PowI(a, p) => {
+                    let (oa, _) = slot(*a);
+                    for k in 0..len {
+                        let t = vals[oa + k];
+                        adj[oa + k] += adj[off + k] * (*p as f64) * t.powi(p - 1);
+                    }
+                    mark(*a);
+                }
+                Op::Unary(f, a) => {
+                    let (oa, _) = slot(*a);
+                    for k in 0..len {
+                        adj[oa + k] += adj[off + k] * smooth_deriv(*f, vals[oa + k], vals[off + k]);
+                    }
+                    mark(*a);
+                }
+                Op::Abs(a) => {
+                    let an = &g.abs_nodes()[self.abs_index[i] as usize];
+                    let (oa, _) = slot(*a);
+                    let mut any = false;
+                    for k in 0..len {
+                        let l = adj[off + k];
+                        if l == 0.0 {
+                            continue;
+                        }
+                        match rules[an.first_switch + k] {
+                            AbsRule::Factor(f) => {
+                                adj[oa + k] += l * f;
+                                any = true;
+                            }
+                            AbsRule::Stop => stopped.push((SwitchId(an.first_switch + k), l)),
+                        }
+                    }
+                    if any {
+                        mark(*a);
+                    }
+                }
+                Op::MatVec { w, x, rows } => {
+                    let ((ow, _), (ox, lx)) = (slot(*w), slot(*x));
+                    let wdep = g.node(*w).depends;
+                    let xdep = g.node(*x).depends;
+                    for r in 0..*rows {
+                        let l = adj[off + r];
+                        if l == 0.0 {
+                            continue;
+                        }
+                        if wdep {
+                            for j in 0..lx {
+                                adj[ow + r * lx + j] += l * vals[ox + j];
+                            }
+                        }
+                        if xdep {
+                            for j in 0..lx {
+                                adj[ox + j] += l * vals[ow + r * lx + j];
+                            }
+                        }
+                    }
+                    if wdep {
+                        mark(*w);
+                    }
+                    if xdep {
+                        mark(*x);
+                    }
+                }
+                Op::Sum(a) => {
+                    let (oa, la) = slot(*a);
+                    let l = adj[off];
+                    for k in 0..la {
+                        adj[oa + k] += l;
+                    }
+                    mark(*a);
+                }
+                Op::Gather(a, idx) => {
+                    let (oa, _) = slot(*a);
+                    for (k, &j) in idx.iter().enumerate() {
+                        adj[oa + j] += adj[off + k];
+                    }
+                    mark(*a);
+                }
+                Op::Concat(parts) => {
+                    let mut k = off;
+                    for p in parts {
+                        let (op_, lp) = slot(*p);
+                        for t in 0..lp {
+                            adj[op_ + t] += adj[k + t];
+                        }
+                        k += lp;
+                        mark(*p);
+                    }
+                }
+                Op::LogSumExp(a) => {
+                    let (oa, la) = slot(*a);
+                    let l = adj[off];
+                    let v = vals[off];
+                    for k in 0..la {
+                        adj[oa + k] += l * (vals[oa + k] - v).exp();
+                    }
+                    mark(*a);
+                }
+            }
+        }
+        stopped.sort_by_key(|s| s.0);
+        Ok(Adjoint { grad, stopped })
+    }
+}
+
+/// Forward tangent sweep: the directional derivative of every switch argument and of the
+/// output along `dx`, with `rules` at the switches (`Stop` means abs′ = 0 and |zᵢ| gets the
+/// tangent `du[i]` instead, if given).
+pub struct Tangent {
+    /// ż for every switch (derivative of zᵢ along dx).
+    pub dz: Vec<f64>,
+    /// ẏ.
+    pub dy: f64,
+}
+
+/// One forward tangent sweep along `dx`; switch i propagates `rules[i]` (`Stop` ↦ factor 0).
+pub fn tangent(
+    g: &Graph,
+    ev: &Evaluation,
+    dx: &[f64],
+    rules: &[AbsRule],
+) -> Result<Tangent, EvalError> {
+    let y = g.output().ok_or(EvalError::NoOutput)?;
+    let vals = &ev.values;
+    let mut t = vec![0.0; g.total_len()];
+    let mut dz = vec![0.0; g.n_switches()];
+    let mut absk = 0usize;
+    for node in g.nodes() {
+        let (off, len) = (node.offset, node.len);
+        let slot = |id: NodeId| {
+            let n = g.node(id);
+            (n.offset, n.len)
+        };
+        match &node.op {
+            Op::Var { offset } => t[off..off + len].copy_from_slice(&dx[*offset..offset + len]),
+            Op::Const(_) => {}
+            Op::Add(a, b) | Op::Sub(a, b) | Op::Mul(a, b) | Op::Div(a, b) => {
+                let ((oa, la), (ob, lb)) = (slot(*a), slot(*b));
+                for k in 0..len {
+                    let (ia, ib) = (oa + bidx(la, k), ob + bidx(lb, k));
+                    t[off + k] = match node.op {
+                        Op::Add(..) => t[ia] + t[ib],
+                        Op::Sub(..) => t[ia] - t[ib],
+                        Op::Mul(..) => t[ia] * vals[ib] + vals[ia] * t[ib],
+                        _ => (t[ia] - vals[off + k] * t[ib]) / vals[ib],
+                    };
+                }
+            }
+            Op::Neg(a) => {
+                let (oa, _) = slot(*a);
+                for k in 0..len {
+                    t[off + k] = -t[oa + k];
+                }
+            }
+            Op::PowI(a, p) => {
+                let (oa, _) = slot(*a);
+                for k in 0..len {
+                    t[off + k] = t[oa + k] * (*p as f64) * vals[oa + k].powi(p - 1);
+                }
+            }
+            Op::Unary(f, a) => {
+                let (oa, _) = slot(*a);
+                for k in 0..len {
+                    t[off + k] = t[oa + k] * smooth_deriv(*f, vals[oa + k], vals[off + k]);
+                }
+            }
+            Op::Abs(a) => {
+                let an = &g.abs_nodes()[absk];
+                absk += 1;
+                let (oa, _) = slot(*a);
+                for k in 0..len {
+                    let s = an.first_switch + k;
+                    dz[s] = t[oa + k];
+                    t[off + k] = match rules[s] {
+                        AbsRule::Factor(f) => f * t[oa + k],
+                        AbsRule::Stop => 0.0,
+                    };
+                }
+            }
+            Op::MatVec { w, x, rows } => {
+                let ((ow, _), (ox, lx)) = (slot(*w), slot(*x));
+                for r in 0..*rows {
+                    let mut s = 0.0;
+                    for j in 0..lx {
+                        s += t[ow + r * lx + j] * vals[ox + j] + vals[ow + r * lx + j] * t[ox + j];
+                    }
+                    t[off + r] = s;
+                }
+            }
+            Op::Sum(a) => {
+                let (oa, la) = slot(*a);
+                t[off] = t[oa..oa + la].iter().sum();
+            }
+            Op::Gather(a, idx) => {
+                let (oa, _) = slot(*a);
+                for (k, &j) in idx.iter().enumerate() {
+                    t[off + k] = t[oa + j];
+                }
+            }
+            Op::Concat(parts) => {
+                let mut k = off;
+                for p in parts {
+                    let (op_, lp) = slot(*p);
+                    t.copy_within(op_..op_ + lp, k);
+                    k += lp;
+                }
+            }
+            Op::LogSumExp(a) => {
+                let (oa, la) = slot(*a);
+                let v = vals[off];
+                t[off] = (0..la)
+                    .map(|k| t[oa + k] * (vals[oa + k] - v).exp())
+                    .sum();
+            }
+        }
+    }
+    Ok(Tangent {
+        dz,
+        dy: t[g.node(y).offset],
+    })
+}
+
+/// The activity status of one switch at the point (THEORY §6.6).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Activity {
+    /// zᵢ = ±0 exactly: at the kink.
+    Active,
+    /// 0 < |zᵢ| ≤ τ_act · scaleᵢ: possibly a rounded kink.
+    Near,
+    /// Clearly off the kink.
+    Inactive,
+}
+
+/// One switch at the point: its value, the scale of the terms that produced it, and status.
+#[derive(Debug, Clone)]
+pub struct SwitchState {
+    pub id: SwitchId,
+    pub z: f64,
+    pub scale: f64,
+    pub activity: Activity,
+    pub role: Role,
+}
+
+/// Default relative tolerance of the near-active band, τ_act.
+pub const TAU_ACT: f64 = 1e-12;
+
+/// The switches at the point, with their activity (`τ_act` relative band).
+pub fn switch_states(g: &Graph, ev: &Evaluation, tau_act: f64) -> Vec<SwitchState> {
+    let mags = magnitudes(g, ev);
+    let mut out = Vec::with_capacity(g.n_switches());
+    for an in g.abs_nodes() {
+        let n = g.node(an.arg);
+        for e in 0..n.len {
+            let z = ev.values[n.offset + e];
+            let scale = mags[n.offset + e];
+            let activity = if z == 0.0 {
+                Activity::Active
+            } else if z.abs() <= tau_act * scale {
+                Activity::Near
+            } else {
+                Activity::Inactive
+            };
+            out.push(SwitchState {
+                id: SwitchId(an.first_switch + e),
+                z,
+                scale,
+                activity,
+                role: an.role,
+            });
+        }
+    }
+    out
+}
+
+/// The AD rule of every switch under a convention: abs′ = sign(zᵢ) off the kink (also inside
+/// the near-active band, which is what a framework's float comparison does) and the
+/// convention's σ̃ for the switch's role at exact zeros.
+pub fn convention_rules(states: &[SwitchState], conv: &Convention) -> Vec<AbsRule> {
+    states
+        .iter()
+        .map(|s| {
+            AbsRule::Factor(if s.z == 0.0 {
+                conv.sigma_tilde(s.role)
+            } else {
+                s.z.signum()
+            })
+        })
+        .collect()
+}
+
+/// Backward-mode AD at the point of `ev` under a convention: exactly the vector the framework's
+/// backward pass returns, AD(σ̃) = a + bΣ̃(I − LΣ̃)⁻¹Z.
+///
+/// ```
+/// use kinkcheck::{frontend::kc, convention::Convention, eval};
+/// let g = kc::compile("vars x; f = relu(x) - relu(-x)").unwrap();
+/// let ev = eval::evaluate(&g, &[0.0]).unwrap();
+/// let states = eval::switch_states(&g, &ev, eval::TAU_ACT);
+/// assert_eq!(eval::ad(&g, &ev, &states, &Convention::pytorch()).unwrap(), vec![0.0]);
+/// assert_eq!(eval::ad(&g, &ev, &states, &Convention::sigma(0.0).unwrap()).unwrap(), vec![1.0]);
+/// ```
+pub fn ad(
+    g: &Graph,
+    ev: &Evaluation,
+    states: &[SwitchState],
+    conv: &Convention,
+) -> Result<Vec<f64>, EvalError> {
+    let rules = convention_rules(states, conv);
+    Ok(ReverseSweeper::new(g, ev)
+        .sweep(Seed::Output, &rules)?
+        .grad)
+}

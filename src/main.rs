@@ -1,0 +1,172 @@
+//! The `kinkcheck` command line (CONTRACT.md §2): a thin layer over the library.
+
+use clap::{Args, Parser, Subcommand};
+use kinkcheck::{anf, eval, Convention, Error, Problem, VerifyOptions};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(
+    name = "kinkcheck",
+    version,
+    about = "Is the gradient that backward-mode AD returned a Clarke generalized gradient?"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Check the AD vector (or --gradient) at a point: exit 0 = IN, 1 = OUT, 3 = UNDECIDED.
+    Verify(VerifyArgs),
+    /// Print the abs-normal form at the point (ADOL-C convention).
+    Anf(SourceArgs),
+}
+
+#[derive(Args)]
+struct SourceArgs {
+    /// A `.kc` program, a network description `.json` or an `.onnx` model.
+    source: Option<PathBuf>,
+    /// The program text instead of a file.
+    #[arg(long, conflicts_with = "source")]
+    expr: Option<String>,
+    /// The point, comma-separated, in the order of `vars`.
+    #[arg(long, allow_hyphen_values = true)]
+    at: Option<String>,
+    /// Print JSON on stdout.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+struct VerifyArgs {
+    #[command(flatten)]
+    src: SourceArgs,
+    /// pytorch (default), jax, tensorflow, or sigma=S with S in [-1,1].
+    #[arg(long, default_value = "pytorch")]
+    convention: String,
+    /// Check this vector (comma-separated, or a file holding it) instead of the convention's.
+    #[arg(long, allow_hyphen_values = true)]
+    gradient: Option<String>,
+}
+
+fn parse_numbers(text: &str, what: &str) -> Result<Vec<f64>, Error> {
+    let t = text.trim().trim_start_matches('[').trim_end_matches(']');
+    if t.trim().is_empty() {
+        return Ok(vec![]);
+    }
+    t.split(|c: char| c == ',' || c.is_whitespace())
+        .filter(|p| !p.is_empty())
+        .enumerate()
+        .map(|(i, p)| {
+            let v: f64 = p.trim().parse().map_err(|_| {
+                Error::input(format!("{what}: entry {} ('{p}') is not a number", i + 1))
+            })?;
+            if v.is_finite() {
+                Ok(v)
+            } else {
+                Err(Error::input(format!(
+                    "{what}: entry {} is {v} (NaN and infinities are not allowed)",
+                    i + 1
+                )))
+            }
+        })
+        .collect()
+}
+
+fn load(src: &SourceArgs) -> Result<Problem, Error> {
+    match (&src.expr, &src.source) {
+        (Some(text), _) => kinkcheck::compile(text),
+        (None, Some(path)) => {
+            let ext = path
+                .extension()
+                .and_then(|e| e.to_str())
+                .unwrap_or("")
+                .to_ascii_lowercase();
+            if ext == "json" || ext == "onnx" {
+                return Err(Error::input(format!(
+                    "{}: network descriptions and ONNX models are not supported yet",
+                    path.display()
+                )));
+            }
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| Error::input(format!("cannot read {}: {e}", path.display())))?;
+            kinkcheck::compile(&text).map_err(|e| Error::input(format!("{}:{e}", path.display())))
+        }
+        (None, None) => Err(Error::input("give a SOURCE file or --expr 'TEXT'")),
+    }
+}
+
+fn point(src: &SourceArgs, p: &Problem) -> Result<Vec<f64>, Error> {
+    let x = match (&src.at, &p.point) {
+        (Some(at), _) => parse_numbers(at, "--at")?,
+        (None, Some(x)) => x.clone(),
+        (None, None) => return Err(Error::input("--at is required for programs")),
+    };
+    if x.len() != p.var_names.len() {
+        return Err(Error::input(format!(
+            "--at has {} values, the program has {} variables ({})",
+            x.len(),
+            p.var_names.len(),
+            p.var_names.join(", ")
+        )));
+    }
+    Ok(x)
+}
+
+fn run(cli: Cli) -> Result<ExitCode, Error> {
+    match cli.cmd {
+        Cmd::Anf(src) => {
+            let p = load(&src)?;
+            let x = point(&src, &p)?;
+            let ev = eval::evaluate(&p.graph, &x)?;
+            let form = anf::abs_normal_form(&p.graph, &ev)?.export();
+            if src.json {
+                println!("{}", serde_json::to_string(&form).map_err(|e| Error::input(e.to_string()))?);
+            } else {
+                println!("{}", serde_json::to_string_pretty(&form).map_err(|e| Error::input(e.to_string()))?);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Verify(args) => {
+            let p = load(&args.src)?;
+            let x = point(&args.src, &p)?;
+            let mut opts = VerifyOptions::new(Convention::parse(&args.convention)?);
+            if let Some(gtext) = &args.gradient {
+                let text = if std::path::Path::new(gtext).is_file() {
+                    std::fs::read_to_string(gtext)
+                        .map_err(|e| Error::input(format!("cannot read {gtext}: {e}")))?
+                } else {
+                    gtext.clone()
+                };
+                opts.gradient = Some(parse_numbers(&text, "--gradient")?);
+            }
+            let report = kinkcheck::verify(&p, &x, &opts)?;
+            if args.src.json {
+                println!(
+                    "{}",
+                    serde_json::to_string(&report).map_err(|e| Error::input(e.to_string()))?
+                );
+            } else {
+                print!("{}", report.human());
+            }
+            Ok(match report.verdict {
+                Some(kinkcheck::report::Verdict::In) => ExitCode::from(0),
+                Some(kinkcheck::report::Verdict::Out) => ExitCode::from(1),
+                _ => ExitCode::from(3),
+            })
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("kinkcheck: {e}");
+            ExitCode::from(2)
+        }
+    }
+}

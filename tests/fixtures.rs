@@ -1,0 +1,110 @@
+//! The fixture corpus: every file in `fixtures/programs/` is one case (program, point, AD
+//! vector per convention, and optionally the abs-normal matrices). This test discovers them all.
+
+use kinkcheck::{anf, eval, Convention};
+use serde_json::Value;
+use std::path::PathBuf;
+
+fn vecf(v: &Value) -> Vec<f64> {
+    v.as_array()
+        .expect("array")
+        .iter()
+        .map(|x| x.as_f64().expect("number"))
+        .collect()
+}
+
+fn matf(v: &Value) -> Vec<Vec<f64>> {
+    v.as_array().expect("matrix").iter().map(vecf).collect()
+}
+
+fn close(a: &[f64], b: &[f64], tol: f64) -> bool {
+    a.len() == b.len() && a.iter().zip(b).all(|(x, y)| (x - y).abs() <= tol * (1.0 + y.abs()))
+}
+
+fn cases() -> Vec<(PathBuf, Value)> {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures/programs");
+    let mut out: Vec<_> = std::fs::read_dir(&dir)
+        .expect("fixtures/programs")
+        .map(|e| e.expect("entry").path())
+        .filter(|p| p.extension().is_some_and(|e| e == "json"))
+        .map(|p| {
+            let v: Value = serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap();
+            (p, v)
+        })
+        .collect();
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    out
+}
+
+#[test]
+fn corpus_is_not_empty() {
+    assert!(cases().len() >= 25, "fixture corpus went missing");
+}
+
+#[test]
+fn ad_vectors_match_every_convention() {
+    let mut checked = 0;
+    for (path, case) in cases() {
+        let name = path.file_name().unwrap().to_string_lossy().to_string();
+        let p = kinkcheck::compile(case["program"].as_str().unwrap())
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        let x = vecf(&case["at"]);
+        let ev = eval::evaluate(&p.graph, &x).unwrap_or_else(|e| panic!("{name}: {e}"));
+        let states = eval::switch_states(&p.graph, &ev, eval::TAU_ACT);
+        match case.get("ad").filter(|v| !v.is_null()) {
+            Some(ad) => {
+                for (conv, want) in ad.as_object().unwrap() {
+                    let c = Convention::parse(conv).unwrap();
+                    let got = eval::ad(&p.graph, &ev, &states, &c).unwrap();
+                    assert!(
+                        close(&got, &vecf(want), 1e-12),
+                        "{name} under {conv}: AD {got:?}, expected {want}"
+                    );
+                    checked += 1;
+                }
+            }
+            None => {
+                // smooth programs: compare with central differences
+                let got = eval::ad(&p.graph, &ev, &states, &Convention::pytorch()).unwrap();
+                for i in 0..x.len() {
+                    let h = 1e-6;
+                    let (mut xp, mut xm) = (x.clone(), x.clone());
+                    xp[i] += h;
+                    xm[i] -= h;
+                    let fp = eval::evaluate(&p.graph, &xp).unwrap().output(&p.graph).unwrap();
+                    let fm = eval::evaluate(&p.graph, &xm).unwrap().output(&p.graph).unwrap();
+                    let fd = (fp - fm) / (2.0 * h);
+                    assert!((fd - got[i]).abs() < 1e-7, "{name}: d/dx{i} {} vs fd {fd}", got[i]);
+                }
+                checked += 1;
+            }
+        }
+    }
+    assert!(checked >= 100, "only {checked} checks ran");
+}
+
+#[test]
+fn abs_normal_forms_match() {
+    let mut checked = 0;
+    for (path, case) in cases() {
+        let Some(want) = case.get("anf") else { continue };
+        let name = path.file_name().unwrap().to_string_lossy().to_string();
+        let p = kinkcheck::compile(case["program"].as_str().unwrap()).unwrap();
+        let ev = eval::evaluate(&p.graph, &vecf(&case["at"])).unwrap();
+        let e = anf::abs_normal_form(&p.graph, &ev).unwrap().export();
+        assert_eq!(e.s as u64, want["s"].as_u64().unwrap(), "{name}: s");
+        assert_eq!(e.m, 1);
+        assert_eq!(e.n, p.var_names.len());
+        let got = serde_json::to_value(&e).unwrap();
+        for key in ["Z", "L", "Y", "J"] {
+            assert_eq!(matf(&got[key]), matf(&want[key]), "{name}: {key}");
+        }
+        for key in ["z", "cz", "cy", "y"] {
+            if let Some(w) = want.get(key) {
+                assert!(close(&vecf(&got[key]), &vecf(w), 1e-12), "{name}: {key}");
+            }
+        }
+        checked += 1;
+    }
+    assert!(checked >= 14, "only {checked} ANF checks ran");
+}
