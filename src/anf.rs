@@ -55,8 +55,8 @@ fn sparse(v: &[f64]) -> Vec<(usize, f64)> {
 /// Compute the abs-normal form of `g` at the point of `ev` (s + 1 reverse sweeps).
 ///
 /// ```
-/// use kinkcheck::{frontend::kc, eval, anf};
-/// let g = kc::compile("vars x; f = abs(x + 2*abs(x)) - 2*abs(x)").unwrap();
+/// use kinkcheck::{eval, anf};
+/// let g = kinkcheck::compile("vars x; u = abs(x); f = abs(x + 2*u) - 2*u").unwrap().graph;
 /// let ev = eval::evaluate(&g, &[0.0]).unwrap();
 /// let form = anf::abs_normal_form(&g, &ev).unwrap();
 /// let e = form.export();
@@ -128,7 +128,13 @@ impl AbsNormalForm {
     pub fn export(&self) -> AnfExport {
         let absz: Vec<f64> = self.z.iter().map(|v| v.abs()).collect();
         let cz = (0..self.s)
-            .map(|i| self.z[i] - self.l_rows[i].iter().map(|&(j, c)| c * absz[j]).sum::<f64>())
+            .map(|i| {
+                self.z[i]
+                    - self.l_rows[i]
+                        .iter()
+                        .map(|&(j, c)| c * absz[j])
+                        .sum::<f64>()
+            })
             .collect();
         let cy = self.y - self.b.iter().zip(&absz).map(|(b, u)| b * u).sum::<f64>();
         AnfExport {
@@ -253,7 +259,10 @@ impl ActiveData {
             .map(|i| self.active[i])
             .collect();
         self.active = keep.iter().map(|&i| self.active[i]).collect();
-        self.j = keep.iter().map(|&i| std::mem::take(&mut self.j[i])).collect();
+        self.j = keep
+            .iter()
+            .map(|&i| std::mem::take(&mut self.j[i]))
+            .collect();
         self.lhat = keep
             .iter()
             .map(|&i| keep.iter().map(|&t| self.lhat[i][t]).collect())

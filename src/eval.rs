@@ -309,9 +309,7 @@ pub fn magnitudes(g: &Graph, ev: &Evaluation) -> Vec<f64> {
             Op::MatVec { w, x, rows } => {
                 let ((ow, _), (ox, lx)) = (slot(*w), slot(*x));
                 for r in 0..*rows {
-                    m[off + r] = (0..lx)
-                        .map(|j| m[ow + r * lx + j] * m[ox + j])
-                        .sum::<f64>();
+                    m[off + r] = (0..lx).map(|j| m[ow + r * lx + j] * m[ox + j]).sum::<f64>();
                 }
             }
             Op::Sum(a) => {
@@ -690,9 +688,7 @@ pub fn tangent(
             Op::LogSumExp(a) => {
                 let (oa, la) = slot(*a);
                 let v = vals[off];
-                t[off] = (0..la)
-                    .map(|k| t[oa + k] * (vals[oa + k] - v).exp())
-                    .sum();
+                t[off] = (0..la).map(|k| t[oa + k] * (vals[oa + k] - v).exp()).sum();
             }
         }
     }
@@ -774,8 +770,8 @@ pub fn convention_rules(states: &[SwitchState], conv: &Convention) -> Vec<AbsRul
 /// backward pass returns, AD(σ̃) = a + bΣ̃(I − LΣ̃)⁻¹Z.
 ///
 /// ```
-/// use kinkcheck::{frontend::kc, convention::Convention, eval};
-/// let g = kc::compile("vars x; f = relu(x) - relu(-x)").unwrap();
+/// use kinkcheck::{convention::Convention, eval};
+/// let g = kinkcheck::compile("vars x; f = relu(x) - relu(-x)").unwrap().graph;
 /// let ev = eval::evaluate(&g, &[0.0]).unwrap();
 /// let states = eval::switch_states(&g, &ev, eval::TAU_ACT);
 /// assert_eq!(eval::ad(&g, &ev, &states, &Convention::pytorch()).unwrap(), vec![0.0]);
@@ -788,7 +784,5 @@ pub fn ad(
     conv: &Convention,
 ) -> Result<Vec<f64>, EvalError> {
     let rules = convention_rules(states, conv);
-    Ok(ReverseSweeper::new(g, ev)
-        .sweep(Seed::Output, &rules)?
-        .grad)
+    Ok(ReverseSweeper::new(g, ev).sweep(Seed::Output, &rules)?.grad)
 }

@@ -213,7 +213,9 @@ impl Origin {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Op {
     /// `x[offset .. offset + len]`.
-    Var { offset: usize },
+    Var {
+        offset: usize,
+    },
     /// A constant vector.
     Const(Vec<f64>),
     Add(NodeId, NodeId),
@@ -227,7 +229,11 @@ pub enum Op {
     /// `|arg|`, elementwise; every element is one switch. Never hash-consed.
     Abs(NodeId),
     /// `W·x` with `W` (`rows × cols`, row-major) the value of node `w`.
-    MatVec { w: NodeId, x: NodeId, rows: usize },
+    MatVec {
+        w: NodeId,
+        x: NodeId,
+        rows: usize,
+    },
     /// Sum of all elements (length 1).
     Sum(NodeId),
     /// `out[k] = a[idx[k]]`.

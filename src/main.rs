@@ -123,9 +123,15 @@ fn run(cli: Cli) -> Result<ExitCode, Error> {
             let ev = eval::evaluate(&p.graph, &x)?;
             let form = anf::abs_normal_form(&p.graph, &ev)?.export();
             if src.json {
-                println!("{}", serde_json::to_string(&form).map_err(|e| Error::input(e.to_string()))?);
+                println!(
+                    "{}",
+                    serde_json::to_string(&form).map_err(|e| Error::input(e.to_string()))?
+                );
             } else {
-                println!("{}", serde_json::to_string_pretty(&form).map_err(|e| Error::input(e.to_string()))?);
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&form).map_err(|e| Error::input(e.to_string()))?
+                );
             }
             Ok(ExitCode::SUCCESS)
         }

@@ -190,7 +190,10 @@ impl Report {
         } else {
             let _ = writeln!(s, "switches at a kink:");
             for a in &self.active {
-                let sig = a.sigma.map(|v| format!(", AD used σ̃ = {v}")).unwrap_or_default();
+                let sig = a
+                    .sigma
+                    .map(|v| format!(", AD used σ̃ = {v}"))
+                    .unwrap_or_default();
                 let _ = writeln!(
                     s,
                     "  #{:<3} {:<12} z = {:<10} {} ({}{})",

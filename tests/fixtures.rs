@@ -18,7 +18,10 @@ fn matf(v: &Value) -> Vec<Vec<f64>> {
 }
 
 fn close(a: &[f64], b: &[f64], tol: f64) -> bool {
-    a.len() == b.len() && a.iter().zip(b).all(|(x, y)| (x - y).abs() <= tol * (1.0 + y.abs()))
+    a.len() == b.len()
+        && a.iter()
+            .zip(b)
+            .all(|(x, y)| (x - y).abs() <= tol * (1.0 + y.abs()))
 }
 
 fn cases() -> Vec<(PathBuf, Value)> {
@@ -71,10 +74,20 @@ fn ad_vectors_match_every_convention() {
                     let (mut xp, mut xm) = (x.clone(), x.clone());
                     xp[i] += h;
                     xm[i] -= h;
-                    let fp = eval::evaluate(&p.graph, &xp).unwrap().output(&p.graph).unwrap();
-                    let fm = eval::evaluate(&p.graph, &xm).unwrap().output(&p.graph).unwrap();
+                    let fp = eval::evaluate(&p.graph, &xp)
+                        .unwrap()
+                        .output(&p.graph)
+                        .unwrap();
+                    let fm = eval::evaluate(&p.graph, &xm)
+                        .unwrap()
+                        .output(&p.graph)
+                        .unwrap();
                     let fd = (fp - fm) / (2.0 * h);
-                    assert!((fd - got[i]).abs() < 1e-7, "{name}: d/dx{i} {} vs fd {fd}", got[i]);
+                    assert!(
+                        (fd - got[i]).abs() < 1e-7,
+                        "{name}: d/dx{i} {} vs fd {fd}",
+                        got[i]
+                    );
                 }
                 checked += 1;
             }
@@ -87,7 +100,9 @@ fn ad_vectors_match_every_convention() {
 fn abs_normal_forms_match() {
     let mut checked = 0;
     for (path, case) in cases() {
-        let Some(want) = case.get("anf") else { continue };
+        let Some(want) = case.get("anf") else {
+            continue;
+        };
         let name = path.file_name().unwrap().to_string_lossy().to_string();
         let p = kinkcheck::compile(case["program"].as_str().unwrap()).unwrap();
         let ev = eval::evaluate(&p.graph, &vecf(&case["at"])).unwrap();

@@ -14,7 +14,7 @@
 //! # Grammar (EBNF)
 //!
 //! ```text
-//! program    = { sep } [ statement { sep { sep } statement } { sep } ] EOF ;
+//! program    = [ statement ] { sep [ statement ] } EOF ;   (* empty statements are fine *)
 //! sep        = NEWLINE | ";" ;
 //! statement  = vars_decl | assignment ;
 //! vars_decl  = "vars" IDENT { "," IDENT } ;
@@ -72,7 +72,7 @@ pub const MAX_NESTING: usize = 256;
 /// Maximum depth of an expression tree (a leaf has depth 1). Bounds long
 /// operator chains such as `x + x + ... + x`, whose trees are deep although
 /// they are not nested in the source.
-pub const MAX_DEPTH: usize = 1024;
+pub const MAX_DEPTH: usize = 512;
 
 /// A 1-based source position; `col` counts characters, not bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -285,28 +285,62 @@ impl Expr {
     }
 }
 
-/// Fully parenthesized source form; parsing it gives back the same tree
-/// (up to positions).
-impl fmt::Display for Expr {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+impl Expr {
+    /// How tightly the printed form binds: 1 `+ -`, 2 `* /`, 3 unary minus,
+    /// 4 `^`, 5 atoms (numbers, names, calls).
+    fn binding(&self) -> u8 {
+        match self {
+            Expr::Bin(op, ..) => precedence(*op),
+            Expr::Neg(..) => 3,
+            Expr::Pow(..) => 4,
+            Expr::Num(..) | Expr::Var(..) | Expr::Call(..) => 5,
+        }
+    }
+
+    /// Prints `self`, parenthesized if it binds less tightly than `min`.
+    fn write(&self, f: &mut fmt::Formatter<'_>, min: u8) -> fmt::Result {
+        if self.binding() < min {
+            f.write_str("(")?;
+            self.write(f, 0)?;
+            return f.write_str(")");
+        }
         match self {
             Expr::Num(v, _) if v.is_sign_negative() => write!(f, "(-{})", -v),
             Expr::Num(v, _) => write!(f, "{v}"),
             Expr::Var(name, _) => f.write_str(name),
-            Expr::Neg(e, _) => write!(f, "(-{e})"),
-            Expr::Bin(op, l, r, _) => write!(f, "({l} {op} {r})"),
-            Expr::Pow(b, n, _) => write!(f, "({b}^{n})"),
+            Expr::Neg(e, _) => {
+                f.write_str("-")?;
+                e.write(f, 3)
+            }
+            Expr::Bin(op, l, r, _) => {
+                l.write(f, precedence(*op))?;
+                write!(f, " {op} ")?;
+                r.write(f, precedence(*op) + 1)
+            }
+            Expr::Pow(b, n, _) => {
+                b.write(f, 5)?;
+                write!(f, "^{n}")
+            }
             Expr::Call(func, args, _) => {
                 write!(f, "{func}(")?;
                 for (i, a) in args.iter().enumerate() {
                     if i > 0 {
                         f.write_str(", ")?;
                     }
-                    write!(f, "{a}")?;
+                    a.write(f, 0)?;
                 }
                 f.write_str(")")
             }
         }
+    }
+}
+
+/// Source form with only the parentheses the grammar needs; parsing it gives
+/// back the same tree up to positions (for finite numbers; a negative
+/// `Num`, which the parser never makes, prints as `(-v)`).
+impl fmt::Display for Expr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.write(f, 0)
     }
 }
 
@@ -345,11 +379,18 @@ pub struct ParseError {
     pub msg: String,
 }
 
+impl ParseError {
+    pub fn new(pos: Pos, msg: impl Into<String>) -> Self {
+        ParseError {
+            pos,
+            msg: msg.into(),
+        }
+    }
+}
+
+#[cold]
 fn err<T>(pos: Pos, msg: impl Into<String>) -> Result<T, ParseError> {
-    Err(ParseError {
-        pos,
-        msg: msg.into(),
-    })
+    Err(ParseError::new(pos, msg))
 }
 
 /// Parses a `.kc` program and checks its names, arities and structure.
@@ -470,8 +511,8 @@ fn lex(src: &str) -> (Vec<Token<'_>>, Option<ParseError>) {
                 }
                 match src[offset(start)..offset(i)].parse::<f64>() {
                     Ok(v) if v.is_finite() => Tok::Num(v),
-                    Ok(_) => Tok::Error,
-                    Err(_) => Tok::Error,
+                    // Only overflow to infinity can happen here.
+                    _ => Tok::Error,
                 }
             }
             c if c.is_ascii_alphabetic() || c == '_' => {
@@ -512,8 +553,7 @@ fn lex(src: &str) -> (Vec<Token<'_>>, Option<ParseError>) {
             end,
         });
         if tok == Tok::Error {
-            let msg = if matches!(text.chars().next(), Some(c) if c.is_ascii_digit() || c == '.')
-            {
+            let msg = if c.is_ascii_digit() || (c == '.' && text.len() > 1) {
                 "number out of range".to_string()
             } else {
                 format!("unexpected character '{}'", text.escape_debug())
@@ -600,20 +640,14 @@ impl<'a> Parser<'a> {
         }
     }
 
-    fn expected<T>(&self, what: &str, t: &Token<'_>) -> Res<T> {
-        err(
-            self.pos_of(t),
-            format!("expected {what}, found {}", describe(t)),
-        )
+    fn expected<T>(&self, what: &'static str, t: &Token<'a>) -> Res<T> {
+        Err(self.fail(Fail::Expected(what, *t)))
     }
 
     fn enter(&mut self, pos: Pos) -> Res<()> {
         self.nest += 1;
         if self.nest > MAX_NESTING {
-            return err(
-                pos,
-                format!("expression nested too deeply (limit {MAX_NESTING})"),
-            );
+            return Err(self.fail(Fail::TooNested(pos)));
         }
         Ok(())
     }
@@ -624,12 +658,7 @@ impl<'a> Parser<'a> {
 
     fn depth(&self, d: usize, pos: Pos) -> Res<usize> {
         if d > MAX_DEPTH {
-            return err(
-                pos,
-                format!(
-                    "expression too deep (more than {MAX_DEPTH} levels); split it into several assignments"
-                ),
-            );
+            return Err(self.fail(Fail::TooDeep(pos)));
         }
         Ok(d)
     }
@@ -645,6 +674,9 @@ impl<'a> Parser<'a> {
                 }
                 Tok::Eof => break,
                 Tok::Vars => {
+                    if self.token(self.i + 1)?.tok == Tok::Eq {
+                        return err(t.pos, "'vars' is a keyword and cannot be assigned");
+                    }
                     if let Some(first) = vars_at {
                         return err(
                             t.pos,
@@ -712,7 +744,6 @@ impl<'a> Parser<'a> {
         let t = self.peek()?;
         match t.tok {
             Tok::Ident => {}
-            Tok::Eq => return err(kw.pos, "'vars' is a keyword and cannot be assigned"),
             tok if is_terminator(tok) => {
                 return err(
                     kw.pos,
@@ -766,7 +797,10 @@ impl<'a> Parser<'a> {
         self.bump();
         let t = self.peek()?;
         if t.tok != Tok::Eq {
-            return self.expected(&format!("'=' after '{name}'"), &t);
+            return err(
+                self.pos_of(&t),
+                format!("expected '=' after '{name}', found {}", describe(&t)),
+            );
         }
         if Func::from_name(name).is_some() {
             return err(
@@ -791,73 +825,186 @@ impl<'a> Parser<'a> {
         Ok(())
     }
 
-    /// Each expression function returns the tree and its depth.
+    // Expression parsing: operator precedence with explicit stacks (no
+    // recursion at all), so arbitrarily deep input cannot overflow the
+    // stack, whatever the build profile. Trees are paired with their depth.
+    //
+    // The parser alternates between *operand position* (a number, a name, a
+    // call's name and `(`, a `(` or a prefix sign is expected) and *operator
+    // position* (`^`, a binary operator, `,`, `)` or the end).
+
     fn expr(&mut self) -> Res<(Expr, usize)> {
-        let (mut lhs, mut ld) = self.term()?;
+        let mut out: Vec<(Expr, usize)> = Vec::new();
+        let mut ops: Vec<Op> = Vec::new();
         loop {
+            // Operand position.
             let t = self.peek()?;
-            let op = match t.tok {
-                Tok::Plus => BinOp::Add,
-                Tok::Minus => BinOp::Sub,
-                _ => return Ok((lhs, ld)),
-            };
-            self.bump();
-            let (rhs, rd) = self.term()?;
-            ld = self.depth(1 + ld.max(rd), t.pos)?;
-            lhs = Expr::Bin(op, Box::new(lhs), Box::new(rhs), t.pos);
+            match t.tok {
+                Tok::Minus | Tok::Plus => {
+                    self.enter(t.pos)?;
+                    ops.push(if t.tok == Tok::Minus {
+                        Op::Neg(t.pos)
+                    } else {
+                        Op::Plus
+                    });
+                    self.bump();
+                    continue;
+                }
+                Tok::LParen => {
+                    self.enter(t.pos)?;
+                    ops.push(Op::Group);
+                    self.bump();
+                    continue;
+                }
+                Tok::Num(v) => {
+                    self.bump();
+                    out.push((Expr::Num(v, t.pos), 1));
+                }
+                Tok::Ident if self.token(self.i + 1)?.tok == Tok::LParen => {
+                    let Some(func) = Func::from_name(t.text) else {
+                        return Err(self.fail(Fail::NotAFunction(t)));
+                    };
+                    self.enter(t.pos)?;
+                    self.bump(); // name
+                    self.bump(); // (
+                    ops.push(Op::Call(func, t.pos, out.len()));
+                    if self.peek()?.tok != Tok::RParen {
+                        continue;
+                    }
+                    // `f()`: close the call right away.
+                    self.bump();
+                    self.close_group(&mut out, &mut ops)?;
+                }
+                Tok::Ident => {
+                    if Func::from_name(t.text).is_some() {
+                        return Err(self.fail(Fail::FuncAsVar(t)));
+                    }
+                    if !self.is_bound(t.text) {
+                        return Err(self.fail(Fail::Undeclared(t)));
+                    }
+                    self.bump();
+                    out.push((Expr::Var(t.text.to_string(), t.pos), 1));
+                }
+                Tok::Newline | Tok::Eof => {
+                    return Err(self.fail(Fail::Expected("an expression", t)));
+                }
+                _ => return Err(self.fail(Fail::Unexpected(t))),
+            }
+            // Operator position.
+            loop {
+                let t = self.peek()?;
+                let op = match t.tok {
+                    Tok::Caret => {
+                        self.bump();
+                        let n = self.exponent()?;
+                        let (base, d) = pop(&mut out, t.pos)?;
+                        let d = self.depth(d + 1, t.pos)?;
+                        out.push((Expr::Pow(Box::new(base), n, t.pos), d));
+                        continue;
+                    }
+                    Tok::Plus => BinOp::Add,
+                    Tok::Minus => BinOp::Sub,
+                    Tok::Star => BinOp::Mul,
+                    Tok::Slash => BinOp::Div,
+                    Tok::RParen | Tok::Comma => {
+                        self.reduce(&mut out, &mut ops, 0)?;
+                        match (ops.last(), t.tok) {
+                            // Not ours: the caller reports the stray token.
+                            (None, _) => return pop(&mut out, t.pos),
+                            (Some(Op::Group), Tok::Comma) => {
+                                return Err(self.fail(Fail::Expected("')'", t)));
+                            }
+                            (_, Tok::Comma) => {
+                                self.bump();
+                                break;
+                            }
+                            _ => {
+                                self.bump();
+                                self.close_group(&mut out, &mut ops)?;
+                                continue;
+                            }
+                        }
+                    }
+                    _ => {
+                        // The end of the expression.
+                        self.reduce(&mut out, &mut ops, 0)?;
+                        return match ops.last() {
+                            None => pop(&mut out, t.pos),
+                            Some(Op::Group) => Err(self.fail(Fail::Expected("')'", t))),
+                            Some(_) => Err(self.fail(Fail::Expected("',' or ')'", t))),
+                        };
+                    }
+                };
+                self.reduce(&mut out, &mut ops, precedence(op))?;
+                ops.push(Op::Bin(op, t.pos));
+                self.bump();
+                break;
+            }
         }
     }
 
-    fn term(&mut self) -> Res<(Expr, usize)> {
-        let (mut lhs, mut ld) = self.unary()?;
-        loop {
-            let t = self.peek()?;
-            let op = match t.tok {
-                Tok::Star => BinOp::Mul,
-                Tok::Slash => BinOp::Div,
-                _ => return Ok((lhs, ld)),
-            };
-            self.bump();
-            let (rhs, rd) = self.unary()?;
-            ld = self.depth(1 + ld.max(rd), t.pos)?;
-            lhs = Expr::Bin(op, Box::new(lhs), Box::new(rhs), t.pos);
+    /// Applies the pending prefix signs and binary operators on top of `ops`
+    /// that bind at least as tightly as `min` (all of them for 0), stopping
+    /// at an open parenthesis or call.
+    fn reduce(&mut self, out: &mut Vec<(Expr, usize)>, ops: &mut Vec<Op>, min: u8) -> Res<()> {
+        while let Some(&op) = ops.last() {
+            match op {
+                Op::Neg(pos) => {
+                    let (e, d) = pop(out, pos)?;
+                    let d = self.depth(d + 1, pos)?;
+                    out.push((Expr::Neg(Box::new(e), pos), d));
+                    self.leave();
+                }
+                Op::Plus => self.leave(),
+                Op::Bin(b, pos) if precedence(b) >= min => {
+                    let (r, rd) = pop(out, pos)?;
+                    let (l, ld) = pop(out, pos)?;
+                    let d = self.depth(1 + ld.max(rd), pos)?;
+                    out.push((Expr::Bin(b, Box::new(l), Box::new(r), pos), d));
+                }
+                _ => return Ok(()),
+            }
+            ops.pop();
         }
+        Ok(())
     }
 
-    fn unary(&mut self) -> Res<(Expr, usize)> {
-        let t = self.peek()?;
-        if !matches!(t.tok, Tok::Minus | Tok::Plus) {
-            return self.power();
-        }
-        self.enter(t.pos)?;
-        self.bump();
-        let (e, d) = self.unary()?;
+    /// Closes the parenthesis or call on top of `ops` (its `)` was consumed).
+    fn close_group(&mut self, out: &mut Vec<(Expr, usize)>, ops: &mut Vec<Op>) -> Res<()> {
         self.leave();
-        if t.tok == Tok::Plus {
-            return Ok((e, d));
+        match ops.pop() {
+            Some(Op::Group) => Ok(()),
+            Some(Op::Call(func, pos, start)) if start <= out.len() => {
+                let mut depth = 0;
+                let args: Vec<Expr> = out
+                    .drain(start..)
+                    .map(|(e, d)| {
+                        depth = depth.max(d);
+                        e
+                    })
+                    .collect();
+                if func.arity_error(args.len()).is_some() {
+                    return Err(self.fail(Fail::Arity(func, args.len(), pos)));
+                }
+                let depth = self.depth(depth + 1, pos)?;
+                out.push((Expr::Call(func, args, pos), depth));
+                Ok(())
+            }
+            _ => Err(internal_error(self.prev_end)),
         }
-        let d = self.depth(d + 1, t.pos)?;
-        Ok((Expr::Neg(Box::new(e), t.pos), d))
-    }
-
-    fn power(&mut self) -> Res<(Expr, usize)> {
-        let (base, bd) = self.primary()?;
-        let t = self.peek()?;
-        if t.tok != Tok::Caret {
-            return Ok((base, bd));
-        }
-        self.bump();
-        let n = self.exponent()?;
-        let d = self.depth(bd + 1, t.pos)?;
-        Ok((Expr::Pow(Box::new(base), n, t.pos), d))
     }
 
     fn exponent(&mut self) -> Res<i32> {
-        const NOT_INT: &str = "exponent of ^ must be an integer";
         let start = self.peek()?;
         if is_terminator(start.tok) {
-            return self.expected("an integer exponent after '^'", &start);
+            return Err(self.fail(Fail::Expected("an integer exponent after '^'", start)));
         }
+        let not_int = || {
+            Err(ParseError::new(
+                start.pos,
+                "exponent of ^ must be an integer",
+            ))
+        };
         let paren = start.tok == Tok::LParen;
         if paren {
             self.bump();
@@ -871,112 +1018,112 @@ impl<'a> Parser<'a> {
         let t = self.peek()?;
         let digits = t.text;
         if !matches!(t.tok, Tok::Num(_)) || !digits.bytes().all(|b| b.is_ascii_digit()) {
-            return err(start.pos, NOT_INT);
+            return not_int();
         }
         self.bump();
         if paren {
             let t = self.peek()?;
             match t.tok {
                 Tok::RParen => self.bump(),
-                tok if is_terminator(tok) => return self.expected("')'", &t),
-                _ => return err(start.pos, NOT_INT),
+                tok if is_terminator(tok) => return Err(self.fail(Fail::Expected("')'", t))),
+                _ => return not_int(),
             }
         }
         // `x^2^3` is `x^(2^3)`, whose exponent is not an integer literal.
         if self.peek()?.tok == Tok::Caret {
-            return err(start.pos, NOT_INT);
+            return not_int();
         }
         let magnitude = digits.parse::<i64>().ok();
         match magnitude.and_then(|m| i32::try_from(if neg { -m } else { m }).ok()) {
             Some(n) => Ok(n),
-            None => err(
+            None => Err(ParseError::new(
                 start.pos,
                 "exponent out of range (must fit in a 32-bit integer)",
+            )),
+        }
+    }
+
+    fn is_bound(&self, name: &str) -> bool {
+        self.var_pos.contains_key(name) || self.lets.contains(name)
+    }
+
+    /// Builds the error for one of the failures of the expression parser.
+    #[cold]
+    #[inline(never)]
+    fn fail(&self, f: Fail<'_>) -> ParseError {
+        let (pos, msg) = match f {
+            Fail::Expected(what, t) => (
+                self.pos_of(&t),
+                format!("expected {what}, found {}", describe(&t)),
             ),
-        }
-    }
-
-    fn primary(&mut self) -> Res<(Expr, usize)> {
-        let t = self.peek()?;
-        match t.tok {
-            Tok::Num(v) => {
-                self.bump();
-                Ok((Expr::Num(v, t.pos), 1))
+            Fail::Unexpected(t) => (t.pos, format!("unexpected token {}", describe(&t))),
+            Fail::FuncAsVar(t) => (
+                t.pos,
+                format!(
+                    "'{0}' is a function name and cannot be used as a variable; call it as {0}(...)",
+                    t.text
+                ),
+            ),
+            Fail::Undeclared(t) => (t.pos, format!("undeclared name '{}'", t.text)),
+            Fail::NotAFunction(t) if self.is_bound(t.text) => {
+                (t.pos, format!("'{}' is not a function", t.text))
             }
-            Tok::Ident => {
-                if self.token(self.i + 1)?.tok == Tok::LParen {
-                    return self.call(t);
-                }
-                let name = t.text;
-                if Func::from_name(name).is_some() {
-                    return err(
-                        t.pos,
-                        format!(
-                            "'{name}' is a function name and cannot be used as a variable; call it as {name}(...)"
-                        ),
-                    );
-                }
-                if !self.var_pos.contains_key(name) && !self.lets.contains(name) {
-                    return err(t.pos, format!("undeclared name '{name}'"));
-                }
-                self.bump();
-                Ok((Expr::Var(name.to_string(), t.pos), 1))
-            }
-            Tok::LParen => {
-                self.enter(t.pos)?;
-                self.bump();
-                let e = self.expr()?;
-                let close = self.peek()?;
-                if close.tok != Tok::RParen {
-                    return self.expected("')'", &close);
-                }
-                self.bump();
-                self.leave();
-                Ok(e)
-            }
-            tok if matches!(tok, Tok::Newline | Tok::Eof) => self.expected("an expression", &t),
-            _ => err(t.pos, format!("unexpected token {}", describe(&t))),
-        }
-    }
-
-    fn call(&mut self, name_tok: Token<'a>) -> Res<(Expr, usize)> {
-        let name = name_tok.text;
-        let Some(func) = Func::from_name(name) else {
-            if self.var_pos.contains_key(name) || self.lets.contains(name) {
-                return err(name_tok.pos, format!("'{name}' is not a function"));
-            }
-            return err(name_tok.pos, format!("unknown function '{name}'"));
+            Fail::NotAFunction(t) => (t.pos, format!("unknown function '{}'", t.text)),
+            Fail::Arity(func, got, pos) => (pos, func.arity_error(got).unwrap_or_default()),
+            Fail::TooNested(pos) => (
+                pos,
+                format!("expression nested too deeply (limit {MAX_NESTING})"),
+            ),
+            Fail::TooDeep(pos) => (
+                pos,
+                format!(
+                    "expression too deep (more than {MAX_DEPTH} levels); split it into several assignments"
+                ),
+            ),
         };
-        self.enter(name_tok.pos)?;
-        self.bump(); // name
-        self.bump(); // (
-        let mut args = Vec::new();
-        let mut depth = 0;
-        if self.peek()?.tok == Tok::RParen {
-            self.bump();
-        } else {
-            loop {
-                let (a, d) = self.expr()?;
-                args.push(a);
-                depth = depth.max(d);
-                let t = self.peek()?;
-                match t.tok {
-                    Tok::RParen => {
-                        self.bump();
-                        break;
-                    }
-                    Tok::Comma => self.bump(),
-                    _ => return self.expected("',' or ')'", &t),
-                }
-            }
-        }
-        self.leave();
-        if let Some(msg) = func.arity_error(args.len()) {
-            return err(name_tok.pos, msg);
-        }
-        let depth = self.depth(depth + 1, name_tok.pos)?;
-        Ok((Expr::Call(func, args, name_tok.pos), depth))
+        ParseError { pos, msg }
     }
+}
+
+/// A pending operator of the expression parser.
+#[derive(Debug, Clone, Copy)]
+enum Op {
+    Neg(Pos),
+    Plus,
+    Bin(BinOp, Pos),
+    /// An open `(`.
+    Group,
+    /// An open call, with the index in the operand stack of its first argument.
+    Call(Func, Pos, usize),
+}
+
+fn precedence(op: BinOp) -> u8 {
+    match op {
+        BinOp::Add | BinOp::Sub => 1,
+        BinOp::Mul | BinOp::Div => 2,
+    }
+}
+
+fn pop(out: &mut Vec<(Expr, usize)>, pos: Pos) -> Res<(Expr, usize)> {
+    out.pop().ok_or_else(|| internal_error(pos))
+}
+
+/// Unreachable by construction; reported instead of panicking.
+#[cold]
+fn internal_error(pos: Pos) -> ParseError {
+    ParseError::new(pos, "internal parser error (please report)")
+}
+
+/// The failures of the expression parser; see [`Parser::fail`].
+enum Fail<'a> {
+    Expected(&'static str, Token<'a>),
+    Unexpected(Token<'a>),
+    FuncAsVar(Token<'a>),
+    Undeclared(Token<'a>),
+    NotAFunction(Token<'a>),
+    Arity(Func, usize, Pos),
+    TooNested(Pos),
+    TooDeep(Pos),
 }
 
 // ---------------------------------------------------------------- tests
@@ -1099,8 +1246,12 @@ f = relu(u) - relu(-u) + abs(x2) # the LAST assignment is the scalar output
             bin(
                 BinOp::Sub,
                 call(Func::Relu, vec![var("x", p(1, 18))], p(1, 13)),
-                call(Func::Relu, vec![neg(var("x", p(1, 27)), p(1, 26))], p(1, 21)),
-                p(1, 19),
+                call(
+                    Func::Relu,
+                    vec![neg(var("x", p(1, 29)), p(1, 28))],
+                    p(1, 23)
+                ),
+                p(1, 21),
             )
         );
         assert_eq!(prog.stmts[0].pos, p(1, 9));
@@ -1137,7 +1288,10 @@ f = relu(u) - relu(-u) + abs(x2) # the LAST assignment is the scalar output
             ("x - 1", "(- x 1)"),
             ("-2.5", "(neg 2.5)"),
             ("x - -1", "(- x (neg 1))"),
-            ("max(a, b, c) / min(a, -b)", "(/ (max a b c) (min a (neg b)))"),
+            (
+                "max(a, b, c) / min(a, -b)",
+                "(/ (max a b c) (min a (neg b)))",
+            ),
             ("clamp(x, -1, 1)", "(clamp x (neg 1) 1)"),
             ("leaky_relu(x, 0.01)", "(leaky_relu x 0.01)"),
             ("relu (x)", "(relu x)"),
@@ -1145,6 +1299,28 @@ f = relu(u) - relu(-u) + abs(x2) # the LAST assignment is the scalar output
         ];
         for (src, want) in cases {
             assert_eq!(out(src), want, "{src}");
+        }
+    }
+
+    #[test]
+    fn display_uses_minimal_parentheses() {
+        let cases = [
+            ("a - (b - c)", "a - (b - c)"),
+            ("(a - b) - c", "a - b - c"),
+            ("a * (b / c)", "a * (b / c)"),
+            ("(a + b) * c", "(a + b) * c"),
+            ("-x^2", "-x^2"),
+            ("(-x)^2", "(-x)^2"),
+            ("(x^2)^3", "(x^2)^3"),
+            ("x^(-1)", "x^-1"),
+            ("-(a + b) * -c", "-(a + b) * -c"),
+            ("- - a", "--a"),
+            ("max(a, (b), c + 1)", "max(a, b, c + 1)"),
+            ("1e-3 + .5 + 2.", "0.001 + 0.5 + 2"),
+        ];
+        for (src, want) in cases {
+            let prog = parse(&format!("vars a, b, c, x\nf = {src}")).unwrap();
+            assert_eq!(prog.output_stmt().expr.to_string(), want, "{src}");
         }
     }
 
@@ -1221,9 +1397,17 @@ f = relu(u) - relu(-u) + abs(x2) # the LAST assignment is the scalar output
                 "2:5",
                 "max takes at least 2 arguments, got 1",
             ),
-            ("vars x\nf = abs(x, x)", "2:5", "abs takes 1 argument, got 2"),
+            (
+                "vars x\nf = abs(x, x)",
+                "2:5",
+                "abs takes 1 argument, got 2",
+            ),
             ("vars x\nf = relu()", "2:5", "relu takes 1 argument, got 0"),
-            ("vars x\nf = clamp(x, 1)", "2:5", "clamp takes 3 arguments, got 2"),
+            (
+                "vars x\nf = clamp(x, 1)",
+                "2:5",
+                "clamp takes 3 arguments, got 2",
+            ),
             (
                 "vars x\nf = leaky_relu(x)",
                 "2:5",
@@ -1233,13 +1417,21 @@ f = relu(u) - relu(-u) + abs(x2) # the LAST assignment is the scalar output
             ("vars x\nf = y + 1", "2:5", "undeclared name 'y'"),
             ("vars x\nu = u + 1", "2:5", "undeclared name 'u'"),
             ("vars x\nf = g\ng = x", "2:5", "undeclared name 'g'"),
-            ("vars x\nf = (x + 1", "2:11", "expected ')', found end of input"),
+            (
+                "vars x\nf = (x + 1",
+                "2:11",
+                "expected ')', found end of input",
+            ),
             (
                 "vars x\nf = (x + 1   # comment\n",
                 "2:11",
                 "expected ')', found end of line",
             ),
-            ("vars x\nf = (x + 1; g = 1", "2:11", "expected ')', found ';'"),
+            (
+                "vars x\nf = (x + 1; g = 1",
+                "2:11",
+                "expected ')', found ';'",
+            ),
             ("vars x\nf = (x + 1 x)", "2:12", "expected ')', found 'x'"),
             (
                 "vars x\nf = max(x, x",
@@ -1247,14 +1439,42 @@ f = relu(u) - relu(-u) + abs(x2) # the LAST assignment is the scalar output
                 "expected ',' or ')', found end of input",
             ),
             ("vars x\nf = max(x,)", "2:11", "unexpected token ')'"),
-            ("vars x; f = x ^ 1.5", "1:17", "exponent of ^ must be an integer"),
+            (
+                "vars x; f = x ^ 1.5",
+                "1:17",
+                "exponent of ^ must be an integer",
+            ),
             ("vars x\nf = x^y", "2:7", "exponent of ^ must be an integer"),
-            ("vars x\nf = x^-y", "2:7", "exponent of ^ must be an integer"),
-            ("vars x\nf = x^(1+1)", "2:7", "exponent of ^ must be an integer"),
-            ("vars x\nf = x^2^3", "2:7", "exponent of ^ must be an integer"),
-            ("vars x\nf = x^2.0", "2:7", "exponent of ^ must be an integer"),
-            ("vars x\nf = x^1e2", "2:7", "exponent of ^ must be an integer"),
-            ("vars x\nf = x^(2", "2:9", "expected ')', found end of input"),
+            (
+                "vars x\nf = x^-y",
+                "2:7",
+                "exponent of ^ must be an integer",
+            ),
+            (
+                "vars x\nf = x^(1+1)",
+                "2:7",
+                "exponent of ^ must be an integer",
+            ),
+            (
+                "vars x\nf = x^2^3",
+                "2:7",
+                "exponent of ^ must be an integer",
+            ),
+            (
+                "vars x\nf = x^2.0",
+                "2:7",
+                "exponent of ^ must be an integer",
+            ),
+            (
+                "vars x\nf = x^1e2",
+                "2:7",
+                "exponent of ^ must be an integer",
+            ),
+            (
+                "vars x\nf = x^(2",
+                "2:9",
+                "expected ')', found end of input",
+            ),
             (
                 "vars x\nf = x^",
                 "2:7",
@@ -1262,7 +1482,11 @@ f = relu(u) - relu(-u) + abs(x2) # the LAST assignment is the scalar output
             ),
             ("vars x\nf = x^99999999999", "2:7", "exponent out of range"),
             ("vars x\nf = x^-2147483649", "2:7", "exponent out of range"),
-            ("vars x\nx = 1", "2:1", "cannot assign to declared variable 'x'"),
+            (
+                "vars x\nx = 1",
+                "2:1",
+                "cannot assign to declared variable 'x'",
+            ),
             ("vars x, y, x", "1:12", "duplicate variable 'x' in vars"),
             ("vars x\nf = relu + 1", "2:5", "'relu' is a function name"),
             ("vars relu", "1:6", "'relu' is a function name"),
@@ -1271,12 +1495,24 @@ f = relu(u) - relu(-u) + abs(x2) # the LAST assignment is the scalar output
             ("vars x\nf = * x", "2:5", "unexpected token '*'"),
             ("vars x\nf = 2x", "2:6", "unexpected token 'x'"),
             ("vars x\nf = x)", "2:6", "unexpected token ')'"),
-            ("vars x\nf = x +", "2:8", "expected an expression, found end of input"),
-            ("vars x\nf =\n", "2:4", "expected an expression, found end of line"),
+            (
+                "vars x\nf = x +",
+                "2:8",
+                "expected an expression, found end of input",
+            ),
+            (
+                "vars x\nf =\n",
+                "2:4",
+                "expected an expression, found end of line",
+            ),
             ("vars x\nf = x = 1", "2:7", "unexpected token '='"),
             ("vars x\nf = vars", "2:5", "unexpected token 'vars'"),
             ("vars x\nf x", "2:3", "expected '=' after 'f', found 'x'"),
-            ("vars x\nf", "2:2", "expected '=' after 'f', found end of input"),
+            (
+                "vars x\nf",
+                "2:2",
+                "expected '=' after 'f', found end of input",
+            ),
             ("vars x\n3 = x", "2:1", "unexpected token '3'"),
             ("vars x\n= x", "2:1", "unexpected token '='"),
             (
@@ -1299,9 +1535,10 @@ f = relu(u) - relu(-u) + abs(x2) # the LAST assignment is the scalar output
             ("vars 1", "1:6", "expected a variable name, found '1'"),
             ("vars x + 1", "1:8", "unexpected token '+'"),
             ("vars = 1", "1:1", "'vars' is a keyword"),
+            ("vars x\nf = x\nvars = 2", "3:1", "'vars' is a keyword"),
             ("vars x\nf = x @ 1", "2:7", "unexpected character '@'"),
             ("vars x\nf = x + é", "2:9", "unexpected character 'é'"),
-            ("vars x\nf = x\u{0}", "2:6", "unexpected character '\\u{0}'"),
+            ("vars x\nf = x\u{0}", "2:6", "unexpected character '\\0'"),
             ("vars x\nf = x . 1", "2:7", "unexpected character '.'"),
             ("vars x\nf = 1e999", "2:5", "number out of range"),
             ("vars x\nf = x + 1e400 + @", "2:9", "number out of range"),
@@ -1342,11 +1579,11 @@ f = relu(u) - relu(-u) + abs(x2) # the LAST assignment is the scalar output
         assert_eq!(out_of(&ok), "x");
         // Long flat chains make deep trees: bounded by MAX_DEPTH.
         let chain = |k: usize| format!("vars x\nf = x{}", " + x".repeat(k));
-        fails_with(&chain(100_000), "2:4099", "expression too deep");
+        fails_with(&chain(100_000), "2:2051", "expression too deep");
         let prog = parse(&chain(MAX_DEPTH - 1)).unwrap();
         assert!(matches!(prog.stmts[0].expr, Expr::Bin(..)));
         let long_sum = format!("vars x\nf = x{}", "*x".repeat(50_000));
-        fails_with(&long_sum, "2:2052", "expression too deep");
+        fails_with(&long_sum, "2:1028", "expression too deep");
     }
 
     fn out_of(src: &str) -> String {
@@ -1391,7 +1628,10 @@ f = relu(u) - relu(-u) + abs(x2) # the LAST assignment is the scalar output
         let lines = src.split('\n').collect::<Vec<_>>();
         let in_src = |pos: Pos| {
             let line = lines.get(pos.line as usize - 1).expect("line in range");
-            assert!(pos.col >= 1 && pos.col as usize <= line.chars().count(), "{pos}");
+            assert!(
+                pos.col >= 1 && pos.col as usize <= line.chars().count(),
+                "{pos}"
+            );
         };
         let vars: HashSet<&str> = prog.vars.iter().map(|(n, _)| n.as_str()).collect();
         assert_eq!(vars.len(), prog.vars.len());
@@ -1417,11 +1657,7 @@ f = relu(u) - relu(-u) + abs(x2) # the LAST assignment is the scalar output
             in_src(s.pos);
             assert!(!vars.contains(s.name.as_str()));
             assert!(Func::from_name(&s.name).is_none());
-            walk(
-                &s.expr,
-                &|n| vars.contains(n) || lets.contains(n),
-                &in_src,
-            );
+            walk(&s.expr, &|n| vars.contains(n) || lets.contains(n), &in_src);
             lets.insert(&s.name);
         }
     }
@@ -1429,7 +1665,9 @@ f = relu(u) - relu(-u) + abs(x2) # the LAST assignment is the scalar output
     fn check_error(src: &str, e: &ParseError) {
         assert!(!e.msg.is_empty() && !e.msg.contains('\n'), "{e:?}");
         let lines = src.split('\n').collect::<Vec<_>>();
-        let line = lines.get(e.pos.line as usize - 1).expect("error line in range");
+        let line = lines
+            .get(e.pos.line as usize - 1)
+            .expect("error line in range");
         assert!(e.pos.col >= 1 && e.pos.col as usize <= line.chars().count() + 1);
     }
 
@@ -1441,19 +1679,60 @@ f = relu(u) - relu(-u) + abs(x2) # the LAST assignment is the scalar output
     }
 
     const TOKENS: &[&str] = &[
-        "vars", "vars x, y\n", "x", "y", "u", "f", "_z9", "relu", "max", "min", "clamp", "exp",
-        "leaky_relu", "abs", "foo", "(", ")", "(", ")", ",", "=", "=", "+", "-", "-", "*", "/",
-        "^", ";", "\n", "\n", "1", "2", "-1", "2.5", "1e-3", ".5", "2.", "1E+3", "1e999", "#c\n",
-        " ", "\t", "\r\n", "@", ".", "é",
+        "vars",
+        "vars x, y\n",
+        "x",
+        "y",
+        "u",
+        "f",
+        "_z9",
+        "relu",
+        "max",
+        "min",
+        "clamp",
+        "exp",
+        "leaky_relu",
+        "abs",
+        "foo",
+        "(",
+        ")",
+        "(",
+        ")",
+        ",",
+        "=",
+        "=",
+        "+",
+        "-",
+        "-",
+        "*",
+        "/",
+        "^",
+        ";",
+        "\n",
+        "\n",
+        "1",
+        "2",
+        "-1",
+        "2.5",
+        "1e-3",
+        ".5",
+        "2.",
+        "1E+3",
+        "1e999",
+        "#c\n",
+        " ",
+        "\t",
+        "\r\n",
+        "@",
+        ".",
+        "é",
     ];
 
-    fn soup() -> impl Strategy<Value = String> {
+    /// Any sequence of the grammar's tokens.
+    fn free_soup() -> impl Strategy<Value = String> {
         (
             prop::bool::ANY,
-            prop::collection::vec(
-                (prop::sample::select(TOKENS), prop::bool::ANY),
-                0..80,
-            ),
+            prop::collection::vec((prop::sample::select(TOKENS), prop::bool::ANY), 0..80),
         )
             .prop_map(|(decl, toks)| {
                 let mut s = String::from(if decl { "vars x, y\n" } else { "" });
@@ -1462,6 +1741,81 @@ f = relu(u) - relu(-u) + abs(x2) # the LAST assignment is the scalar output
                     if space {
                         s.push(' ');
                     }
+                }
+                s
+            })
+    }
+
+    /// Tokens weighted towards well-formed expressions.
+    const EXPR_TOKENS: &[&str] = &[
+        "x",
+        "x",
+        "y",
+        "y",
+        "u",
+        "u",
+        "1",
+        "2.5",
+        "1e-3",
+        ".5",
+        "2.",
+        "1E+3",
+        "relu(",
+        "max(",
+        "min(",
+        "clamp(",
+        "exp(",
+        "abs(",
+        "leaky_relu(",
+        "(",
+        "(",
+        ")",
+        ")",
+        ")",
+        ",",
+        ",",
+        "+",
+        "+",
+        "-",
+        "-",
+        "-",
+        "*",
+        "*",
+        "/",
+        "^2",
+        "^-1",
+        "^(3)",
+        "^(-2)",
+        "^",
+        "#c\n",
+        "\n",
+        "foo(",
+        "f",
+        "=",
+        "@",
+        "1e999",
+        "2x",
+        "vars",
+    ];
+
+    /// Statement-shaped soups: `vars x, y` then assignments whose right-hand
+    /// sides are token soups, so that a good share of them parse.
+    fn statement_soup() -> impl Strategy<Value = String> {
+        let target = prop::sample::select(vec![
+            "f = ", "f = ", "u = ", "u = ", "g = ", "x = ", "relu = ", "", "vars y\n",
+        ]);
+        let rhs = prop::collection::vec(prop::sample::select(EXPR_TOKENS), 1..12);
+        let sep = prop::sample::select(vec!["\n", ";", " ; ", "\n\n", "  # c\n"]);
+        (
+            prop::sample::select(vec!["vars x, y\n", "vars x, y\n", "vars x\n", ""]),
+            prop::collection::vec((target, rhs, sep), 1..5),
+        )
+            .prop_map(|(decl, stmts)| {
+                let mut s = String::from(decl);
+                for (target, rhs, sep) in stmts {
+                    s.push_str(target);
+                    s.push_str(&rhs.join(" "));
+                    s.push_str(sep);
                 }
                 s
             })
@@ -1486,12 +1840,13 @@ f = relu(u) - relu(-u) + abs(x2) # the LAST assignment is the scalar output
                     inner.clone(),
                     inner.clone()
                 )
-                    .prop_map(move |(op, l, r)| Expr::Bin(op, Box::new(l), Box::new(r), z)),
-                (inner.clone(), any::<i32>()).prop_map(move |(b, n)| Expr::Pow(
-                    Box::new(b),
-                    n,
-                    z
-                )),
+                    .prop_map(move |(op, l, r)| Expr::Bin(
+                        op,
+                        Box::new(l),
+                        Box::new(r),
+                        z
+                    )),
+                (inner.clone(), any::<i32>()).prop_map(move |(b, n)| Expr::Pow(Box::new(b), n, z)),
                 (
                     prop::sample::select(Func::ALL.to_vec()),
                     prop::collection::vec(inner, 1..5)
@@ -1534,8 +1889,39 @@ f = relu(u) - relu(-u) + abs(x2) # the LAST assignment is the scalar output
         }
 
         #[test]
-        fn token_soup_never_panics(s in soup()) {
+        fn token_soup_never_panics(s in free_soup()) {
             check(&s);
+        }
+
+        #[test]
+        fn statement_soup_never_panics(s in statement_soup()) {
+            check(&s);
+        }
+
+        #[test]
+        fn mutated_programs_never_panic(
+            e in expr_strategy(),
+            edits in prop::collection::vec(
+                (any::<prop::sample::Index>(), 0..3u8, prop::sample::select(EXPR_TOKENS)),
+                1..4,
+            ),
+        ) {
+            // A valid program with a few characters deleted or tokens inserted.
+            let mut src: Vec<char> = format!("vars x, y\nu = x * y\nf = {e}").chars().collect();
+            for (at, kind, tok) in edits {
+                let i = at.index(src.len() + 1);
+                match kind {
+                    0 if i < src.len() => {
+                        src.remove(i);
+                    }
+                    _ => {
+                        let tail = src.split_off(i);
+                        src.extend(tok.chars());
+                        src.extend(tail);
+                    }
+                }
+            }
+            check(&src.into_iter().collect::<String>());
         }
 
         #[test]
