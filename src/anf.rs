@@ -23,7 +23,7 @@
 //! stop at active ones), never forming (I − LΣ)⁻¹.
 
 use crate::eval::{AbsRule, EvalError, Evaluation, ReverseSweeper, Seed};
-use crate::graph::{Graph, SwitchId};
+use crate::graph::{Graph, RelationKind, Role, SwitchId};
 use serde::Serialize;
 
 /// The abs-normal form at x̂ (sparse rows), in kinkcheck's scalar-output setting (m = 1).
@@ -303,5 +303,90 @@ impl ActiveData {
             }
         }
         g
+    }
+}
+
+/// Structural facts about the active switches, read off the graph (not the numbers): the
+/// identical/opposite relations, structural nesting, and op sites.
+#[derive(Debug, Clone)]
+pub struct Structure {
+    /// `(i, j, kind)` with indices into α, i < j.
+    pub relations: Vec<(usize, usize, RelationKind)>,
+    /// `nested[i][j]`: |z_j| is (structurally) an ancestor of z_i.
+    pub nested: Vec<Vec<bool>>,
+    /// Op-site key of each active switch (a network unit across samples).
+    pub sites: Vec<Option<String>>,
+    /// Is each active switch abs-affine in x (THEORY §4)?
+    pub affine: Vec<bool>,
+    /// The role of each active switch.
+    pub roles: Vec<Role>,
+}
+
+impl Structure {
+    /// Compute the structure of the active switches `active` (ascending switch ids).
+    pub fn compute(g: &Graph, active: &[SwitchId]) -> Structure {
+        let k = active.len();
+        let mut pos = std::collections::HashMap::new();
+        for (i, s) in active.iter().enumerate() {
+            pos.insert(*s, i);
+        }
+        let relations = g
+            .relations()
+            .into_iter()
+            .filter_map(|r| Some((*pos.get(&r.a)?, *pos.get(&r.b)?, r.kind)))
+            .collect();
+        // abs nodes holding active switches, numbered 0..m
+        let locs: Vec<(usize, usize)> = active.iter().map(|&s| g.switch_location(s)).collect();
+        let mut abs_ids: Vec<usize> = locs.iter().map(|l| l.0).collect();
+        abs_ids.dedup();
+        let bit_of: std::collections::HashMap<usize, usize> =
+            abs_ids.iter().enumerate().map(|(b, &a)| (a, b)).collect();
+        let words = abs_ids.len().div_ceil(64).max(1);
+        // bitset per node: which active abs nodes feed it
+        let nn = g.nodes().len();
+        let mut sets = vec![0u64; nn * words];
+        let mut node_bit = vec![usize::MAX; nn];
+        for (&a, &b) in &bit_of {
+            node_bit[g.abs_nodes()[a].node.index()] = b;
+        }
+        for (i, node) in g.nodes().iter().enumerate() {
+            for op in node.op.operands() {
+                let o = op.index();
+                for w in 0..words {
+                    sets[i * words + w] |= sets[o * words + w];
+                }
+            }
+            if node_bit[i] != usize::MAX {
+                let b = node_bit[i];
+                sets[i * words + b / 64] |= 1 << (b % 64);
+            }
+        }
+        let mut nested = vec![vec![false; k]; k];
+        for i in 0..k {
+            let arg = g.abs_nodes()[locs[i].0].arg.index();
+            for j in 0..k {
+                if locs[j].0 == locs[i].0 {
+                    continue;
+                }
+                let b = bit_of[&locs[j].0];
+                nested[i][j] = sets[arg * words + b / 64] & (1 << (b % 64)) != 0;
+            }
+        }
+        let sites = locs
+            .iter()
+            .map(|&(a, e)| g.abs_nodes()[a].origin.site(e))
+            .collect();
+        let affine = locs
+            .iter()
+            .map(|&(a, _)| g.node(g.abs_nodes()[a].arg).affine)
+            .collect();
+        let roles = locs.iter().map(|&(a, _)| g.abs_nodes()[a].role).collect();
+        Structure {
+            relations,
+            nested,
+            sites,
+            affine,
+            roles,
+        }
     }
 }

@@ -179,6 +179,18 @@ pub enum Origin {
 }
 
 impl Origin {
+    /// The *op site* of element `elem`: the same network unit, loss term or ONNX node element
+    /// in every sample of a batch has the same site (THEORY §5.2, choosing classes). Program
+    /// switches have no site.
+    pub fn site(&self, elem: usize) -> Option<String> {
+        match self {
+            Origin::Layer { layer, kind, .. } => Some(format!("layer {layer} {kind} {elem}")),
+            Origin::Loss { kind, .. } => Some(format!("loss {kind} {elem}")),
+            Origin::OnnxNode { name, .. } => Some(format!("node {name} {elem}")),
+            Origin::Source { .. } | Origin::Internal => None,
+        }
+    }
+
     /// Human description of element `elem` of a node with this origin (`"line 2"`,
     /// `"sample 0, layer 1 (relu), unit 3"`).
     pub fn describe(&self, elem: usize, len: usize) -> String {

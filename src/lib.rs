@@ -14,6 +14,7 @@
 //! assert_eq!(report.gradient, vec![0.0]); // what PyTorch returns: not the true slope 1
 //! ```
 
+pub mod analyze;
 pub mod anf;
 pub mod convention;
 pub mod error;
@@ -21,6 +22,8 @@ pub mod eval;
 pub mod frontend;
 pub mod graph;
 pub mod lower;
+pub mod lp;
+pub mod reduced;
 pub mod report;
 
 pub use convention::Convention;

@@ -2,12 +2,14 @@
 //! produce them) the analyzer's outcome, the pieces and the verdict with its certificate
 //! (CONTRACT.md §3). [`verify`] runs the pipeline of THEORY.md §1 on a [`Problem`].
 
-use crate::anf::ActiveData;
+use crate::analyze::{self, Analysis, AnalyzeOptions};
+use crate::anf::{ActiveData, Structure};
 use crate::convention::Convention;
 use crate::error::Error;
 use crate::eval::{self, Activity, SwitchState};
 use crate::frontend::Problem;
 use crate::graph::{Graph, SwitchId};
+use crate::reduced::ReducedSpace;
 use serde::Serialize;
 use std::fmt::Write as _;
 
@@ -84,6 +86,8 @@ pub struct Report {
     /// Number of switches s and of variables n.
     pub switches: usize,
     pub variables: usize,
+    /// The analyzer's outcome (THEORY §5).
+    pub analyzer: Analysis,
 }
 
 /// Run the pipeline on `problem` at `point`.
@@ -114,6 +118,22 @@ pub fn verify(problem: &Problem, point: &[f64], opts: &VerifyOptions) -> Result<
         .collect();
     let z: Vec<f64> = states.iter().map(|s| s.z).collect();
     let data = ActiveData::compute(g, &ev, &z, &exact)?;
+    let structure = Structure::compute(g, &data.active);
+    let space = ReducedSpace::new(&data);
+    let sigma_alpha: Option<Vec<f64>> = opts.gradient.is_none().then(|| {
+        structure
+            .roles
+            .iter()
+            .map(|&r| opts.convention.sigma_tilde(r))
+            .collect()
+    });
+    let analysis = analyze::analyze(
+        &data,
+        &space,
+        &structure,
+        sigma_alpha.as_deref(),
+        &AnalyzeOptions::default(),
+    );
     let sigma = |s: &SwitchState| {
         opts.gradient.is_none().then(|| {
             if s.z == 0.0 {
@@ -148,6 +168,7 @@ pub fn verify(problem: &Problem, point: &[f64], opts: &VerifyOptions) -> Result<
         value: ev.output(g)?,
         switches: g.n_switches(),
         variables: g.n_vars(),
+        analyzer: analysis,
     })
 }
 
@@ -201,6 +222,15 @@ impl Report {
                 );
             }
         }
+        let _ = writeln!(
+            s,
+            "analyzer: {}",
+            if self.analyzer.guaranteed {
+                format!("guaranteed ({})", self.analyzer.reason)
+            } else {
+                format!("not guaranteed ({})", self.analyzer.reason)
+            }
+        );
         if self.verdict.is_none() {
             let _ = writeln!(s, "verdict: not computed");
         }

@@ -1,7 +1,7 @@
 //! The fixture corpus: every file in `fixtures/programs/` is one case (program, point, AD
 //! vector per convention, and optionally the abs-normal matrices). This test discovers them all.
 
-use kinkcheck::{anf, eval, Convention};
+use kinkcheck::{anf, eval, Convention, VerifyOptions};
 use serde_json::Value;
 use std::path::PathBuf;
 
@@ -94,6 +94,32 @@ fn ad_vectors_match_every_convention() {
         }
     }
     assert!(checked >= 100, "only {checked} checks ran");
+}
+
+#[test]
+fn analyzer_outcomes_match_theory() {
+    let mut checked = 0;
+    for (path, case) in cases() {
+        let Some(want) = case.get("analyzer") else {
+            continue;
+        };
+        let name = path.file_name().unwrap().to_string_lossy().to_string();
+        let p = kinkcheck::compile(case["program"].as_str().unwrap()).unwrap();
+        for (conv, by) in want.as_object().unwrap() {
+            let opts = VerifyOptions::new(Convention::parse(conv).unwrap());
+            let r = kinkcheck::verify(&p, &vecf(&case["at"]), &opts).unwrap();
+            let got = serde_json::to_value(&r.analyzer).unwrap();
+            assert_eq!(
+                got["guaranteed"].as_bool().unwrap(),
+                !by.is_null(),
+                "{name} {conv}: {}",
+                r.analyzer.reason
+            );
+            assert_eq!(&got["by"], by, "{name} {conv}: {}", r.analyzer.reason);
+            checked += 1;
+        }
+    }
+    assert!(checked >= 50, "only {checked} analyzer checks ran");
 }
 
 #[test]

@@ -1,0 +1,207 @@
+//! The reduced space of the active rows (THEORY.md §6.1) and per-pattern switch rows.
+//!
+//! Factor J_α = U Qᵀ with Q (n×r) orthonormal, r = rank J_α. Every constraint row and every
+//! piece-gradient offset lies in the row space of J_α, so all linear programs live in R^r:
+//!
+//! ```text
+//! u_i(σ) = U_i + Σ_{j<i} L̂_ij σ_j u_j(σ)          (then ż_i(σ) = u_i(σ) Qᵀ)
+//! c(σ)   = Σ_i b̂_i σ_i u_i(σ)                     (then g(σ) = g0 + c(σ) Qᵀ)
+//! ```
+//!
+//! The factorization works from the Gram matrix G = J_α J_αᵀ (k×k) and its symmetric
+//! eigendecomposition G = V Λ Vᵀ: U = V_r Λ_r^{1/2}, Q = J_αᵀ V_r Λ_r^{−1/2}. Q is never formed:
+//! a witness e ∈ R^r lifts to d = J_αᵀ (V_r Λ_r^{−1/2} e), and a vector w ∈ R^n projects to
+//! c_w = (J_α w) V_r Λ_r^{−1/2}, with ‖w‖² − ‖c_w‖² its squared distance from the row space.
+//! The singular values of J_α are √λ; the smallest one decides LIKQ (THEORY §5.1).
+
+use crate::anf::ActiveData;
+use crate::lp::{self, LpError};
+use nalgebra::{DMatrix, SymmetricEigen};
+
+/// Relative threshold under which a singular value of J_α counts as zero for the rank.
+pub const RANK_TOL: f64 = 1e-7;
+/// Relative smallest singular value needed for LIKQ; between [`RANK_TOL`] and this value the
+/// rank is too close to call and LIKQ counts as failed (THEORY §6.6).
+pub const LIKQ_TOL: f64 = 1e-6;
+/// Strict-LP margin above which a pattern is PL-realized, τ_lp.
+pub const TAU_LP: f64 = 1e-9;
+
+/// The reduced coordinates of the active rows.
+#[derive(Debug, Clone)]
+pub struct ReducedSpace {
+    /// Number of active switches k.
+    pub k: usize,
+    /// rank J_α = r.
+    pub r: usize,
+    /// U (k×r): J_α = U Qᵀ.
+    pub u: DMatrix<f64>,
+    /// V_r Λ_r^{−1/2} (k×r): lifting and projection through J_α.
+    w: DMatrix<f64>,
+    /// Singular values of J_α, descending.
+    pub singular: Vec<f64>,
+}
+
+impl ReducedSpace {
+    /// Factor J_α from its Gram matrix.
+    pub fn new(data: &ActiveData) -> Self {
+        let k = data.k();
+        if k == 0 {
+            return ReducedSpace {
+                k,
+                r: 0,
+                u: DMatrix::zeros(0, 0),
+                w: DMatrix::zeros(0, 0),
+                singular: vec![],
+            };
+        }
+        let mut gram = DMatrix::zeros(k, k);
+        for i in 0..k {
+            for j in 0..=i {
+                let v: f64 = data.j[i].iter().zip(&data.j[j]).map(|(a, b)| a * b).sum();
+                gram[(i, j)] = v;
+                gram[(j, i)] = v;
+            }
+        }
+        let eig = SymmetricEigen::new(gram);
+        let mut order: Vec<usize> = (0..k).collect();
+        order.sort_by(|&a, &b| eig.eigenvalues[b].total_cmp(&eig.eigenvalues[a]));
+        let singular: Vec<f64> = order
+            .iter()
+            .map(|&i| eig.eigenvalues[i].max(0.0).sqrt())
+            .collect();
+        let smax = singular[0];
+        let keep: Vec<usize> = order
+            .iter()
+            .zip(&singular)
+            .filter(|(_, &s)| smax > 0.0 && s > RANK_TOL * smax)
+            .map(|(&i, _)| i)
+            .collect();
+        let r = keep.len();
+        let mut u = DMatrix::zeros(k, r);
+        let mut w = DMatrix::zeros(k, r);
+        for (c, &i) in keep.iter().enumerate() {
+            let s = eig.eigenvalues[i].sqrt();
+            for row in 0..k {
+                let v = eig.eigenvectors[(row, i)];
+                u[(row, c)] = v * s;
+                w[(row, c)] = v / s;
+            }
+        }
+        ReducedSpace {
+            k,
+            r,
+            u,
+            w,
+            singular,
+        }
+    }
+
+    /// σ_min(J_α) (0 when k = 0).
+    pub fn sigma_min(&self) -> f64 {
+        self.singular.last().copied().unwrap_or(0.0)
+    }
+
+    /// σ_max(J_α).
+    pub fn sigma_max(&self) -> f64 {
+        self.singular.first().copied().unwrap_or(0.0)
+    }
+
+    /// LIKQ: rank J_α = k, with σ_min clearly above the rank threshold.
+    pub fn likq(&self) -> bool {
+        self.k == 0 || (self.r == self.k && self.sigma_min() > LIKQ_TOL * self.sigma_max())
+    }
+
+    /// Lift a reduced direction e ∈ R^r to d = Q e ∈ R^n.
+    pub fn lift(&self, data: &ActiveData, e: &[f64]) -> Vec<f64> {
+        let n = data.g0.len();
+        let mut d = vec![0.0; n];
+        for i in 0..self.k {
+            let coef: f64 = (0..self.r).map(|c| self.w[(i, c)] * e[c]).sum();
+            if coef != 0.0 {
+                for (dv, jv) in d.iter_mut().zip(&data.j[i]) {
+                    *dv += coef * jv;
+                }
+            }
+        }
+        d
+    }
+
+    /// Project w ∈ R^n: `(c_w, distance of w from the row space)` with c_w = w Q.
+    pub fn project(&self, data: &ActiveData, wv: &[f64]) -> (Vec<f64>, f64) {
+        let jw: Vec<f64> = data
+            .j
+            .iter()
+            .map(|row| row.iter().zip(wv).map(|(a, b)| a * b).sum())
+            .collect();
+        let c: Vec<f64> = (0..self.r)
+            .map(|col| (0..self.k).map(|i| jw[i] * self.w[(i, col)]).sum())
+            .collect();
+        let n2: f64 = wv.iter().map(|v| v * v).sum();
+        let c2: f64 = c.iter().map(|v| v * v).sum();
+        (c, (n2 - c2).max(0.0).sqrt())
+    }
+
+    /// Reduced switch rows u_i(σ) for a sign vector σ ∈ [−1,1]^k.
+    pub fn rows(&self, data: &ActiveData, sigma: &[f64]) -> Vec<Vec<f64>> {
+        let mut rows: Vec<Vec<f64>> = Vec::with_capacity(self.k);
+        for i in 0..self.k {
+            let mut row: Vec<f64> = (0..self.r).map(|c| self.u[(i, c)]).collect();
+            for t in 0..i {
+                let c = data.lhat[i][t] * sigma[t];
+                if c != 0.0 {
+                    for (a, b) in row.iter_mut().zip(&rows[t]) {
+                        *a += c * b;
+                    }
+                }
+            }
+            rows.push(row);
+        }
+        rows
+    }
+
+    /// The reduced gradient offset c(σ) = Σ b̂_i σ_i u_i(σ), from rows of [`Self::rows`].
+    pub fn offset(&self, data: &ActiveData, sigma: &[f64], rows: &[Vec<f64>]) -> Vec<f64> {
+        let mut c = vec![0.0; self.r];
+        for i in 0..self.k {
+            let f = data.bhat[i] * sigma[i];
+            if f != 0.0 {
+                for (a, b) in c.iter_mut().zip(&rows[i]) {
+                    *a += f * b;
+                }
+            }
+        }
+        c
+    }
+
+    /// Scale below which a reduced row counts as zero (a don't-care switch, THEORY §4).
+    pub fn zero_tol(&self) -> f64 {
+        1e-12 * self.sigma_max().max(1e-300)
+    }
+
+    /// The normalized strict-system rows ρ_i = σ_i u_i/‖u_i‖_∞ of the switches in `which`
+    /// (zero rows are skipped: don't-care).
+    pub fn strict_rows(&self, rows: &[Vec<f64>], sigma: &[f64], which: &[usize]) -> Vec<Vec<f64>> {
+        let tol = self.zero_tol();
+        which
+            .iter()
+            .filter_map(|&i| {
+                let m = lp::max_abs(&rows[i]);
+                (m > tol).then(|| rows[i].iter().map(|v| sigma[i] * v / m).collect())
+            })
+            .collect()
+    }
+
+    /// Is the sign pattern σ ∈ {±1}^k PL-realized (strict LP margin above τ_lp)? Returns the
+    /// margin and the reduced witness.
+    pub fn strict_margin(
+        &self,
+        data: &ActiveData,
+        sigma: &[f64],
+    ) -> Result<(f64, Vec<f64>), LpError> {
+        let rows = self.rows(data, sigma);
+        let all: Vec<usize> = (0..self.k).collect();
+        let rho = self.strict_rows(&rows, sigma, &all);
+        let m = lp::strict_margin(&rho, self.r)?;
+        Ok((m.t, m.e))
+    }
+}
