@@ -320,6 +320,9 @@ pub struct Structure {
     pub affine: Vec<bool>,
     /// The role of each active switch.
     pub roles: Vec<Role>,
+    /// Number of variables that structurally reach some active switch (n_anc of THEORY §6.2;
+    /// counted per variable node, so an over-count, which only makes the checker more careful).
+    pub n_anc: usize,
 }
 
 impl Structure {
@@ -381,7 +384,31 @@ impl Structure {
             .map(|&(a, _)| g.node(g.abs_nodes()[a].arg).affine)
             .collect();
         let roles = locs.iter().map(|&(a, _)| g.abs_nodes()[a].role).collect();
+        // variables reaching an active switch: walk back from the active arguments
+        let mut seen = vec![false; nn];
+        let mut stack: Vec<usize> = locs
+            .iter()
+            .map(|&(a, _)| g.abs_nodes()[a].arg.index())
+            .collect();
+        let mut n_anc = 0;
+        while let Some(i) = stack.pop() {
+            if std::mem::replace(&mut seen[i], true) {
+                continue;
+            }
+            let node = &g.nodes()[i];
+            if matches!(node.op, crate::graph::Op::Var { .. }) {
+                n_anc += node.len;
+            }
+            stack.extend(
+                node.op
+                    .operands()
+                    .into_iter()
+                    .map(|o| o.index())
+                    .filter(|&o| g.nodes()[o].depends),
+            );
+        }
         Structure {
+            n_anc,
             relations,
             nested,
             sites,

@@ -26,6 +26,7 @@ pub mod frontend;
 pub mod graph;
 pub mod lower;
 pub mod lp;
+pub mod pieces;
 pub mod reduced;
 pub mod report;
 

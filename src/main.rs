@@ -157,11 +157,7 @@ fn run(cli: Cli) -> Result<ExitCode, Error> {
             } else {
                 print!("{}", report.human());
             }
-            Ok(match report.verdict {
-                Some(kinkcheck::report::Verdict::In) => ExitCode::from(0),
-                Some(kinkcheck::report::Verdict::Out) => ExitCode::from(1),
-                _ => ExitCode::from(3),
-            })
+            Ok(ExitCode::from(report.exit_code()))
         }
     }
 }

@@ -6,9 +6,12 @@ use crate::analyze::{self, Analysis, AnalyzeOptions};
 use crate::anf::{ActiveData, Structure};
 use crate::convention::Convention;
 use crate::error::Error;
+use crate::eval::Evaluation;
 use crate::eval::{self, Activity, SwitchState};
 use crate::frontend::Problem;
 use crate::graph::{Graph, SwitchId};
+pub use crate::pieces::Verdict;
+use crate::pieces::{self, Certificate, Check, CheckOptions, Status};
 use crate::reduced::ReducedSpace;
 use serde::Serialize;
 use std::fmt::Write as _;
@@ -22,6 +25,10 @@ pub struct VerifyOptions {
     pub gradient: Option<Vec<f64>>,
     /// Relative width of the near-active band, τ_act (THEORY §6.6).
     pub tau_act: f64,
+    /// Budgets and tolerances of the LP checker.
+    pub check: CheckOptions,
+    /// Budgets of the analyzer.
+    pub analyze: AnalyzeOptions,
 }
 
 impl VerifyOptions {
@@ -31,6 +38,8 @@ impl VerifyOptions {
             convention,
             gradient: None,
             tau_act: eval::TAU_ACT,
+            check: CheckOptions::default(),
+            analyze: AnalyzeOptions::default(),
         }
     }
 }
@@ -57,40 +66,146 @@ pub struct ActiveSwitch {
     pub sigma: Option<f64>,
 }
 
-/// The verdict (exit status 0, 1, 3).
-#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
-#[serde(rename_all = "lowercase")]
-pub enum Verdict {
-    In,
-    Out,
-    Undecided,
+/// A piece as reported: signs over the active switches of `active` (in that order; 0 for a
+/// don't-care switch or one outside the piece's block), its status, gradient and witness.
+#[derive(Debug, Clone, Serialize)]
+pub struct PieceReport {
+    pub signs: Vec<i8>,
+    pub status: Status,
+    /// g(σ) (single block), or the block's contribution g(σ) − g0 when the switches split
+    /// into independent blocks. Omitted for very large n.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gradient: Option<Vec<f64>>,
+    /// A direction d with the piece's signs on x̂ + εd (realized pieces).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub witness: Option<Vec<f64>>,
+    /// Did the real program show the piece's signs at x̂ + εd for a small ε?
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub witness_checked: Option<bool>,
+    pub block: usize,
+}
+
+/// The certificate of CONTRACT §3.
+#[derive(Debug, Clone, Serialize)]
+#[serde(untagged)]
+pub enum CertificateReport {
+    /// IN: convex weights over the listed pieces (`pieces[piece]`), summing to 1 in each block.
+    Weights {
+        weights: Vec<f64>,
+        pieces: Vec<usize>,
+    },
+    /// OUT: h·v > bound ≥ h·g for every realized or undecided piece g.
+    Separation { direction: Vec<f64>, bound: f64 },
 }
 
 /// The result of [`verify`].
 #[derive(Debug, Clone, Serialize)]
 pub struct Report {
-    /// The verdict, once the checker has computed one.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub verdict: Option<Verdict>,
+    pub verdict: Verdict,
+    /// One line on how the verdict was reached.
+    pub reason: String,
     /// The vector that was checked, in the source's variable order.
     pub gradient: Vec<f64>,
     /// The convention's name, or `"explicit"` with `--gradient`.
     pub convention: String,
     /// The active and near-active switches.
     pub active: Vec<ActiveSwitch>,
-    /// Variable names, in order.
-    #[serde(skip)]
-    pub var_names: Vec<String>,
-    /// The value f(x̂).
-    pub value: f64,
-    /// Number of switches s and of variables n.
-    pub switches: usize,
-    pub variables: usize,
     /// The analyzer's outcome (THEORY §5).
     pub analyzer: Analysis,
+    /// Realized and undecided pieces (and some unrealized ones), from the LP checker.
+    pub pieces: Vec<PieceReport>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub certificate: Option<CertificateReport>,
+    /// Blocks of independent switches (indices into `active`).
+    pub blocks: Vec<Vec<usize>>,
+    /// Was the piece enumeration complete, and how many LPs did it take?
+    pub complete: bool,
+    pub lps: usize,
+    /// Variable names, in order.
+    pub variables: Vec<String>,
+    /// The value f(x̂) and the number of switches s.
+    pub value: f64,
+    pub switches: usize,
 }
 
-/// Run the pipeline on `problem` at `point`.
+/// Largest n for which piece gradients and witnesses are printed in full.
+const PRINT_N: usize = 10_000;
+
+struct Stage {
+    data: ActiveData,
+    analysis: Analysis,
+    check: Check,
+    space: ReducedSpace,
+}
+
+fn run_stage(
+    g: &Graph,
+    ev: &Evaluation,
+    states: &[SwitchState],
+    active: &[SwitchId],
+    v: &[f64],
+    opts: &VerifyOptions,
+) -> Result<Stage, Error> {
+    let z: Vec<f64> = states.iter().map(|s| s.z).collect();
+    let data = ActiveData::compute(g, ev, &z, active)?;
+    let structure = Structure::compute(g, &data.active);
+    let space = ReducedSpace::new(&data);
+    let sigma_alpha: Option<Vec<f64>> = opts.gradient.is_none().then(|| {
+        data.active
+            .iter()
+            .zip(&structure.roles)
+            .map(|(s, &r)| {
+                let zi = z[s.0];
+                if zi == 0.0 {
+                    opts.convention.sigma_tilde(r)
+                } else {
+                    zi.signum()
+                }
+            })
+            .collect()
+    });
+    let analysis = analyze::analyze(
+        &data,
+        &space,
+        &structure,
+        sigma_alpha.as_deref(),
+        &opts.analyze,
+    );
+    // When the analyzer guarantees IN, the enumeration is for reporting only: keep it small.
+    let mut copts = opts.check.clone();
+    if analysis.guaranteed {
+        copts.max_pieces = copts.max_pieces.min(64);
+        copts.timeout = copts.timeout.min(std::time::Duration::from_millis(500));
+    }
+    let check = pieces::check(&data, &space, &structure, v, &copts);
+    Ok(Stage {
+        data,
+        analysis,
+        check,
+        space,
+    })
+}
+
+fn combine(st: &Stage) -> (Verdict, String) {
+    let (a, c) = (&st.analysis, &st.check);
+    if a.guaranteed {
+        match c.verdict {
+            Verdict::Out => (
+                Verdict::Undecided,
+                format!(
+                    "tolerance conflict: the analyzer guarantees the vector ({}) but the LP checker separates it ({})",
+                    a.reason, c.reason
+                ),
+            ),
+            _ => (Verdict::In, format!("guaranteed by the analyzer: {}", a.reason)),
+        }
+    } else {
+        (c.verdict, c.reason.clone())
+    }
+}
+
+/// Run the pipeline on `problem` at `point`: AD under the convention (or the given vector),
+/// active switches, analyzer, LP checker, verdict and certificate.
 pub fn verify(problem: &Problem, point: &[f64], opts: &VerifyOptions) -> Result<Report, Error> {
     let g = &problem.graph;
     let ev = eval::evaluate(g, point)?;
@@ -116,24 +231,33 @@ pub fn verify(problem: &Problem, point: &[f64], opts: &VerifyOptions) -> Result<
         .filter(|s| s.activity == Activity::Active)
         .map(|s| s.id)
         .collect();
-    let z: Vec<f64> = states.iter().map(|s| s.z).collect();
-    let data = ActiveData::compute(g, &ev, &z, &exact)?;
-    let structure = Structure::compute(g, &data.active);
-    let space = ReducedSpace::new(&data);
-    let sigma_alpha: Option<Vec<f64>> = opts.gradient.is_none().then(|| {
-        structure
-            .roles
-            .iter()
-            .map(|&r| opts.convention.sigma_tilde(r))
-            .collect()
-    });
-    let analysis = analyze::analyze(
-        &data,
-        &space,
-        &structure,
-        sigma_alpha.as_deref(),
-        &AnalyzeOptions::default(),
-    );
+    let near: Vec<SwitchId> = states
+        .iter()
+        .filter(|s| s.activity == Activity::Near)
+        .map(|s| s.id)
+        .collect();
+    let stage = run_stage(g, &ev, &states, &exact, &gradient, opts)?;
+    let (mut verdict, mut reason) = combine(&stage);
+    let mut stage = stage;
+    if !near.is_empty() {
+        // THEORY §6.6: decide with the near-active switches inactive and active.
+        let mut both: Vec<SwitchId> = exact.iter().chain(&near).copied().collect();
+        both.sort();
+        let alt = run_stage(g, &ev, &states, &both, &gradient, opts)?;
+        let (v2, r2) = combine(&alt);
+        if v2 != verdict {
+            reason = format!(
+                "activeness within tolerance: {} switch(es) with 0 < |z| ≤ τ_act·scale give {:?} when treated as kinks and {:?} otherwise",
+                near.len(),
+                v2,
+                verdict
+            );
+            verdict = Verdict::Undecided;
+        } else if alt.check.pieces.len() > stage.check.pieces.len() {
+            stage = alt;
+            reason = r2;
+        }
+    }
     let sigma = |s: &SwitchState| {
         opts.gradient.is_none().then(|| {
             if s.z == 0.0 {
@@ -143,20 +267,91 @@ pub fn verify(problem: &Problem, point: &[f64], opts: &VerifyOptions) -> Result<
             }
         })
     };
-    let active = states
+    let active: Vec<ActiveSwitch> = states
         .iter()
         .filter(|s| s.activity != Activity::Inactive)
         .map(|s| {
             let status = match s.activity {
                 Activity::Near => "near",
-                _ if data.degenerate.contains(&s.id) => "degenerate",
+                _ if stage.data.degenerate.contains(&s.id) => "degenerate",
                 _ => "active",
             };
             describe_switch(g, s, status, sigma(s))
         })
         .collect();
+    // map α positions to positions in `active`
+    let pos_in_active: Vec<usize> = stage
+        .data
+        .active
+        .iter()
+        .map(|s| active.iter().position(|a| a.switch == s.0).unwrap_or(0))
+        .collect();
+    let n = g.n_vars();
+    let single = stage.check.blocks.len() <= 1;
+    let pieces: Vec<PieceReport> = stage
+        .check
+        .pieces
+        .iter()
+        .map(|p| {
+            let block = stage.check.blocks.get(p.block).cloned().unwrap_or_default();
+            let mut signs = vec![0i8; active.len()];
+            for (&i, &s) in block.iter().zip(&p.signs) {
+                signs[pos_in_active[i]] = s;
+            }
+            let contribution = stage.space.lift(&stage.data, &p.offset);
+            let gradient = (n <= PRINT_N).then(|| {
+                if single {
+                    contribution
+                        .iter()
+                        .zip(&stage.data.g0)
+                        .map(|(a, b)| a + b)
+                        .collect()
+                } else {
+                    contribution
+                }
+            });
+            let witness = p.witness.as_ref().map(|e| stage.space.lift(&stage.data, e));
+            let witness_checked = witness
+                .as_ref()
+                .map(|d| witness_holds(g, point, d, &stage.data.active, &block, &p.signs));
+            PieceReport {
+                signs,
+                status: p.status,
+                gradient,
+                witness: witness.filter(|_| n <= PRINT_N),
+                witness_checked,
+                block: p.block,
+            }
+        })
+        .collect();
+    let certificate = if verdict == Verdict::Undecided {
+        None
+    } else {
+        match &stage.check.certificate {
+            Some(Certificate::Weights(w)) if verdict == Verdict::In => {
+                Some(CertificateReport::Weights {
+                    weights: w.iter().map(|x| x.1).collect(),
+                    pieces: w.iter().map(|x| x.0).collect(),
+                })
+            }
+            Some(Certificate::Direction { h, bound }) if verdict == Verdict::Out => {
+                Some(CertificateReport::Separation {
+                    direction: h.clone(),
+                    bound: *bound,
+                })
+            }
+            _ => None,
+        }
+    };
+    let blocks = stage
+        .check
+        .blocks
+        .iter()
+        .map(|b| b.iter().map(|&i| pos_in_active[i]).collect())
+        .collect();
     Ok(Report {
-        verdict: None,
+        verdict,
+        reason,
         gradient,
         convention: if opts.gradient.is_some() {
             "explicit".into()
@@ -164,12 +359,48 @@ pub fn verify(problem: &Problem, point: &[f64], opts: &VerifyOptions) -> Result<
             opts.convention.name().to_string()
         },
         active,
-        var_names: problem.var_names.clone(),
+        analyzer: stage.analysis,
+        pieces,
+        certificate,
+        blocks,
+        complete: stage.check.complete,
+        lps: stage.check.lps,
+        variables: problem.var_names.clone(),
         value: ev.output(g)?,
         switches: g.n_switches(),
-        variables: g.n_vars(),
-        analyzer: analysis,
     })
+}
+
+/// Evaluate the program at x̂ + εd for decreasing ε and check the block's switch signs.
+fn witness_holds(
+    g: &Graph,
+    x: &[f64],
+    d: &[f64],
+    alpha: &[SwitchId],
+    block: &[usize],
+    signs: &[i8],
+) -> bool {
+    let dn = d.iter().fold(0.0f64, |m, v| m.max(v.abs()));
+    if dn == 0.0 {
+        return false;
+    }
+    let xn = x.iter().fold(1.0f64, |m, v| m.max(v.abs()));
+    for k in 2..8 {
+        let eps = xn * 10f64.powi(-k) / dn;
+        let xp: Vec<f64> = x.iter().zip(d).map(|(a, b)| a + eps * b).collect();
+        let Ok(ev) = eval::evaluate(g, &xp) else {
+            continue;
+        };
+        let z = ev.switches(g);
+        let ok = block.iter().zip(signs).all(|(&i, &s)| {
+            let zi = z[alpha[i].0];
+            s == 0 || (s > 0 && zi > 0.0) || (s < 0 && zi < 0.0)
+        });
+        if ok {
+            return true;
+        }
+    }
+    false
 }
 
 fn describe_switch(g: &Graph, s: &SwitchState, status: &str, sigma: Option<f64>) -> ActiveSwitch {
@@ -187,18 +418,44 @@ fn describe_switch(g: &Graph, s: &SwitchState, status: &str, sigma: Option<f64>)
 }
 
 fn fmt_vec(v: &[f64]) -> String {
-    let parts: Vec<String> = v.iter().map(|c| format!("{c}")).collect();
-    format!("[{}]", parts.join(", "))
+    const SHOW: usize = 12;
+    let parts: Vec<String> = v.iter().take(SHOW).map(|c| format!("{c}")).collect();
+    if v.len() > SHOW {
+        format!("[{}, … ({} entries)]", parts.join(", "), v.len())
+    } else {
+        format!("[{}]", parts.join(", "))
+    }
+}
+
+fn fmt_signs(s: &[i8]) -> String {
+    s.iter()
+        .map(|&x| match x {
+            1 => '+',
+            -1 => '-',
+            _ => '0',
+        })
+        .collect()
 }
 
 impl Report {
+    /// The exit status of CONTRACT §2: 0 IN, 1 OUT, 3 UNDECIDED.
+    pub fn exit_code(&self) -> u8 {
+        match self.verdict {
+            Verdict::In => 0,
+            Verdict::Out => 1,
+            Verdict::Undecided => 3,
+        }
+    }
+
     /// The human-readable report.
     pub fn human(&self) -> String {
         let mut s = String::new();
         let _ = writeln!(
             s,
             "f(x̂) = {}   ({} variables, {} switches)",
-            self.value, self.variables, self.switches
+            self.value,
+            self.variables.len(),
+            self.switches
         );
         let _ = writeln!(
             s,
@@ -207,19 +464,22 @@ impl Report {
             fmt_vec(&self.gradient)
         );
         if self.active.is_empty() {
-            let _ = writeln!(s, "no switch is at a kink: f is smooth here");
+            let _ = writeln!(s, "no switch is at a kink: f is differentiable here");
         } else {
             let _ = writeln!(s, "switches at a kink:");
-            for a in &self.active {
+            for a in self.active.iter().take(20) {
                 let sig = a
                     .sigma
                     .map(|v| format!(", AD used σ̃ = {v}"))
                     .unwrap_or_default();
                 let _ = writeln!(
                     s,
-                    "  #{:<3} {:<12} z = {:<10} {} ({}{})",
+                    "  #{:<4} {:<14} z = {:<10} {} ({}{})",
                     a.switch, a.role, a.z, a.place, a.status, sig
                 );
+            }
+            if self.active.len() > 20 {
+                let _ = writeln!(s, "  … {} more", self.active.len() - 20);
             }
         }
         let _ = writeln!(
@@ -231,8 +491,57 @@ impl Report {
                 format!("not guaranteed ({})", self.analyzer.reason)
             }
         );
-        if self.verdict.is_none() {
-            let _ = writeln!(s, "verdict: not computed");
+        if !self.pieces.is_empty() {
+            let _ = writeln!(
+                s,
+                "pieces ({} listed{}, {} LPs):",
+                self.pieces.len(),
+                if self.complete {
+                    ""
+                } else {
+                    ", enumeration cut short"
+                },
+                self.lps
+            );
+            for p in self.pieces.iter().take(16) {
+                let g = p.gradient.as_deref().map(fmt_vec).unwrap_or_default();
+                let _ = writeln!(
+                    s,
+                    "  {:<12} {:<10} {}",
+                    fmt_signs(&p.signs),
+                    format!("{:?}", p.status).to_lowercase(),
+                    g
+                );
+            }
+            if self.pieces.len() > 16 {
+                let _ = writeln!(s, "  … {} more", self.pieces.len() - 16);
+            }
+        }
+        let word = match self.verdict {
+            Verdict::In => "IN: the vector is a Clarke generalized gradient",
+            Verdict::Out => "OUT: the vector is NOT a Clarke generalized gradient",
+            Verdict::Undecided => "UNDECIDED",
+        };
+        let _ = writeln!(s, "verdict: {word}");
+        let _ = writeln!(s, "  because {}", self.reason);
+        match &self.certificate {
+            Some(CertificateReport::Weights { weights, pieces }) => {
+                let parts: Vec<String> = pieces
+                    .iter()
+                    .zip(weights)
+                    .take(8)
+                    .map(|(p, w)| format!("{w:.4}·{}", fmt_signs(&self.pieces[*p].signs)))
+                    .collect();
+                let _ = writeln!(s, "  certificate: v = {}", parts.join(" + "));
+            }
+            Some(CertificateReport::Separation { direction, bound }) => {
+                let _ = writeln!(
+                    s,
+                    "  certificate: h = {}, h·v > {bound} ≥ h·g for every realized piece g",
+                    fmt_vec(direction)
+                );
+            }
+            None => {}
         }
         s
     }

@@ -1,0 +1,649 @@
+//! The LP checker (THEORY.md §6): the pieces really active near the kinks and Clarke
+//! membership of a vector v, with a certificate.
+//!
+//! ∂^C f(x̂) = conv{ g(σ) : σ realized } (§4). Every piece gradient is g(σ) = g0 + c(σ)Qᵀ with
+//! c(σ) ∈ R^r (§6.1), so all LPs live in the reduced space of the active rows:
+//!
+//! * realizability of a pattern (§6.2): strict LP `max t, ρ_i·e ≥ t` (REALIZED with witness),
+//!   else Gordan LP (not PL-realized: UNREALIZED when the switches are abs-affine or the closed
+//!   cone is trivial, otherwise UNDECIDED: the cusp case);
+//! * prefix search in evaluation order with structural relations forcing signs (§6.3), on
+//!   independent blocks of switches (§6.4);
+//! * hull LP (IN, convex weights) and separation LP (OUT, direction h and bound c with
+//!   h·v > c ≥ h·g for every realized or undecided piece), §6.5.
+//!
+//! Margins inside the tolerance band give UNDECIDED, never IN or OUT (§6.6); budgets give
+//! UNDECIDED with the budget named, and OUT needs a complete enumeration (§6.7).
+
+use crate::anf::{ActiveData, Structure};
+use crate::graph::RelationKind;
+use crate::lp;
+use crate::reduced::{ReducedSpace, TAU_LP};
+use nalgebra::DMatrix;
+use serde::Serialize;
+use std::time::{Duration, Instant};
+
+/// The verdict of the checker.
+#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Verdict {
+    In,
+    Out,
+    Undecided,
+}
+
+/// Realizability of a pattern.
+#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    Realized,
+    Unrealized,
+    Undecided,
+}
+
+/// A piece: a sign pattern σ of the switches of one block, its status, its reduced gradient
+/// offset c(σ) (g(σ) = g0 + c(σ)Qᵀ) and, when realized, a reduced witness e (d = Qe).
+#[derive(Debug, Clone)]
+pub struct Piece {
+    pub block: usize,
+    /// Signs on the block's switches (0 = don't-care: the switch's row vanishes).
+    pub signs: Vec<i8>,
+    pub status: Status,
+    pub offset: Vec<f64>,
+    pub witness: Option<Vec<f64>>,
+}
+
+/// The certificate of a verdict.
+#[derive(Debug, Clone)]
+pub enum Certificate {
+    /// IN: convex weights over realized pieces, per block (`(piece index, weight)`); the
+    /// product over blocks is a joint convex combination.
+    Weights(Vec<(usize, f64)>),
+    /// OUT: h (in R^n) and c with h·v > c ≥ h·g(σ) for every realized or undecided σ.
+    Direction { h: Vec<f64>, bound: f64 },
+}
+
+/// Budgets and tolerances of the checker (THEORY §6.6–§6.7).
+#[derive(Debug, Clone)]
+pub struct CheckOptions {
+    pub max_pieces: usize,
+    pub max_lps: usize,
+    pub timeout: Duration,
+    /// Gordan tolerance τ_g.
+    pub tau_g: f64,
+    /// Relative hull / separation tolerance (× max(1, ‖v‖∞, max‖g‖∞)).
+    pub tau_rel: f64,
+}
+
+impl Default for CheckOptions {
+    fn default() -> Self {
+        CheckOptions {
+            max_pieces: 4096,
+            max_lps: 20000,
+            timeout: Duration::from_secs(10),
+            tau_g: 1e-9,
+            tau_rel: 1e-9,
+        }
+    }
+}
+
+/// The checker's result.
+#[derive(Debug, Clone)]
+pub struct Check {
+    pub verdict: Verdict,
+    pub reason: String,
+    pub certificate: Option<Certificate>,
+    /// Realized and undecided pieces (and unrealized ones while few), per block.
+    pub pieces: Vec<Piece>,
+    /// Blocks of active-switch indices (into α).
+    pub blocks: Vec<Vec<usize>>,
+    pub lps: usize,
+    /// Did the enumeration finish within the budgets?
+    pub complete: bool,
+}
+
+struct Search<'a> {
+    data: &'a ActiveData,
+    space: &'a ReducedSpace,
+    st: &'a Structure,
+    opts: &'a CheckOptions,
+    start: Instant,
+    lps: usize,
+    leaves: usize,
+    truncated: Option<String>,
+    pieces: Vec<Piece>,
+    unrealized_listed: usize,
+}
+
+const LIST_UNREALIZED: usize = 64;
+
+impl Search<'_> {
+    fn over_budget(&mut self) -> bool {
+        if self.truncated.is_some() {
+            return true;
+        }
+        if self.leaves >= self.opts.max_pieces {
+            self.truncated = Some(format!("piece budget ({}) reached", self.opts.max_pieces));
+        } else if self.lps >= self.opts.max_lps {
+            self.truncated = Some(format!("LP budget ({}) reached", self.opts.max_lps));
+        } else if self.start.elapsed() > self.opts.timeout {
+            self.truncated = Some(format!("time budget ({:?}) reached", self.opts.timeout));
+        }
+        self.truncated.is_some()
+    }
+
+    /// Rows u_i(σ) for i in `block[..=d]` given signs (full-length σ vector over α).
+    fn row(&self, rows: &[Vec<f64>], sigma: &[f64], i: usize) -> Vec<f64> {
+        let mut row: Vec<f64> = (0..self.space.r).map(|c| self.space.u[(i, c)]).collect();
+        for t in 0..i {
+            let c = self.data.lhat[i][t] * sigma[t];
+            if c != 0.0 && !rows[t].is_empty() {
+                for (a, b) in row.iter_mut().zip(&rows[t]) {
+                    *a += c * b;
+                }
+            }
+        }
+        row
+    }
+
+    fn forced(&self, block: &[usize], d: usize, sigma: &[f64]) -> Option<f64> {
+        let i = block[d];
+        for &(a, b, kind) in &self.st.relations {
+            if b == i && block[..d].contains(&a) {
+                let s = sigma[a];
+                return Some(if kind == RelationKind::Identical {
+                    s
+                } else {
+                    -s
+                });
+            }
+        }
+        None
+    }
+
+    fn strict(&mut self, rho: &[Vec<f64>]) -> Option<(f64, Vec<f64>)> {
+        self.lps += 1;
+        lp::strict_margin(rho, self.space.r)
+            .ok()
+            .map(|m| (m.t, m.e))
+    }
+
+    fn leaf(
+        &mut self,
+        b: usize,
+        block: &[usize],
+        sigma: &[f64],
+        rows: &[Vec<f64>],
+        status: Status,
+        witness: Option<Vec<f64>>,
+    ) {
+        if status == Status::Unrealized {
+            if self.unrealized_listed >= LIST_UNREALIZED {
+                return;
+            }
+            self.unrealized_listed += 1;
+        } else {
+            self.leaves += 1;
+        }
+        let tol = self.space.zero_tol();
+        let signs = block
+            .iter()
+            .map(|&i| {
+                if lp::max_abs(&rows[i]) <= tol {
+                    0
+                } else {
+                    sigma[i] as i8
+                }
+            })
+            .collect();
+        let mut offset = vec![0.0; self.space.r];
+        for &i in block {
+            let f = self.data.bhat[i] * sigma[i];
+            if f != 0.0 {
+                for (a, v) in offset.iter_mut().zip(&rows[i]) {
+                    *a += f * v;
+                }
+            }
+        }
+        self.pieces.push(Piece {
+            block: b,
+            signs,
+            status,
+            offset,
+            witness,
+        });
+    }
+
+    /// Depth-first search over the block's switches. `mode`: realized prefix with witness,
+    /// or a non-PL-realized prefix whose leaves are undecided unless the cone is trivial.
+    #[allow(clippy::too_many_arguments)]
+    fn dfs(
+        &mut self,
+        b: usize,
+        block: &[usize],
+        d: usize,
+        sigma: &mut Vec<f64>,
+        rows: &mut Vec<Vec<f64>>,
+        witness: Option<&[f64]>,
+        undecided: bool,
+    ) {
+        if self.over_budget() {
+            return;
+        }
+        if d == block.len() {
+            if undecided {
+                let status = if self.trivial_cone(block, sigma, rows) {
+                    Status::Unrealized
+                } else {
+                    Status::Undecided
+                };
+                self.leaf(b, block, sigma, rows, status, None);
+            } else {
+                self.leaf(
+                    b,
+                    block,
+                    sigma,
+                    rows,
+                    Status::Realized,
+                    witness.map(|w| w.to_vec()),
+                );
+            }
+            return;
+        }
+        let i = block[d];
+        let row = self.row(rows, sigma, i);
+        let zero = lp::max_abs(&row) <= self.space.zero_tol();
+        rows[i] = row;
+        let forced = self.forced(block, d, sigma);
+        let mut order: Vec<f64> = match (forced, zero) {
+            (Some(s), _) => vec![s],
+            (None, true) => vec![1.0],
+            (None, false) => {
+                // the sign of the new row at the parent's witness first: it needs no LP
+                let s = witness
+                    .map(|w| rows[i].iter().zip(w).map(|(a, b)| a * b).sum::<f64>())
+                    .unwrap_or(1.0);
+                if s < 0.0 {
+                    vec![-1.0, 1.0]
+                } else {
+                    vec![1.0, -1.0]
+                }
+            }
+        };
+        if let (Some(s), false) = (forced, zero) {
+            // the other sign violates a structural relation: unrealized, no LP
+            sigma[i] = -s;
+            self.list_unrealized_subtree(b, block, d + 1, sigma, rows);
+        }
+        for s in order.drain(..) {
+            sigma[i] = s;
+            if undecided {
+                self.dfs(b, block, d + 1, sigma, rows, None, true);
+                continue;
+            }
+            let prefix: Vec<usize> = block[..=d].to_vec();
+            let rho = self.space.strict_rows(rows, sigma, &prefix);
+            // witness shortcut
+            if let Some(w) = witness {
+                let t = rho
+                    .iter()
+                    .map(|r| r.iter().zip(w).map(|(a, b)| a * b).sum::<f64>())
+                    .fold(f64::INFINITY, f64::min);
+                if t > TAU_LP {
+                    let w = w.to_vec();
+                    self.dfs(b, block, d + 1, sigma, rows, Some(&w), false);
+                    continue;
+                }
+            }
+            let Some((t, e)) = self.strict(&rho) else {
+                self.dfs(b, block, d + 1, sigma, rows, None, true);
+                continue;
+            };
+            if t > TAU_LP {
+                self.dfs(b, block, d + 1, sigma, rows, Some(&e), false);
+                continue;
+            }
+            self.lps += 1;
+            let gordan = lp::gordan(&rho, self.space.r)
+                .map(|g| g.eps)
+                .unwrap_or(f64::INFINITY);
+            let affine = prefix.iter().all(|&j| self.st.affine[j]);
+            if gordan <= self.opts.tau_g && affine {
+                self.list_unrealized_subtree(b, block, d + 1, sigma, rows);
+            } else {
+                self.dfs(b, block, d + 1, sigma, rows, None, true);
+            }
+        }
+    }
+
+    fn list_unrealized_subtree(
+        &mut self,
+        b: usize,
+        block: &[usize],
+        d: usize,
+        sigma: &mut [f64],
+        rows: &mut [Vec<f64>],
+    ) {
+        if self.unrealized_listed >= LIST_UNREALIZED {
+            return;
+        }
+        if d == block.len() {
+            self.leaf(b, block, sigma, rows, Status::Unrealized, None);
+            return;
+        }
+        let i = block[d];
+        rows[i] = self.row(rows, sigma, i);
+        for s in [1.0, -1.0] {
+            sigma[i] = s;
+            self.list_unrealized_subtree(b, block, d + 1, sigma, rows);
+        }
+    }
+
+    /// The closed cone {e : ρ·e ≥ 0} is {0}: rank of the rows = r = n_anc and a strictly
+    /// positive y with Σ y_i ρ_i = 0 exists (Stiemke). Then the pattern is not realized even
+    /// beyond first order (THEORY §6.2).
+    fn trivial_cone(&mut self, block: &[usize], sigma: &[f64], rows: &[Vec<f64>]) -> bool {
+        let r = self.space.r;
+        if r != self.st.n_anc || self.data.k() != block.len() {
+            return false;
+        }
+        let rho = self.space.strict_rows(rows, sigma, block);
+        let m = DMatrix::from_fn(rho.len(), r, |i, j| rho[i][j]);
+        if rho.is_empty() || m.rank(1e-9) < r {
+            return false;
+        }
+        self.lps += 1;
+        matches!(lp::stiemke(&rho, r), Ok(Some(_)))
+    }
+}
+
+/// Blocks (THEORY §6.4): connected components of "L̂_ij ≠ 0, structurally nested or related";
+/// kept separate only when their row spaces form a direct sum (Σ rank = r), else one block.
+fn blocks(data: &ActiveData, space: &ReducedSpace, st: &Structure) -> Vec<Vec<usize>> {
+    let k = data.k();
+    let mut parent: Vec<usize> = (0..k).collect();
+    fn find(p: &mut [usize], i: usize) -> usize {
+        let mut r = i;
+        while p[r] != r {
+            r = p[r];
+        }
+        p[i] = r;
+        r
+    }
+    let join = |a: usize, b: usize, p: &mut Vec<usize>| {
+        let (x, y) = (find(p, a), find(p, b));
+        if x != y {
+            p[x.max(y)] = x.min(y);
+        }
+    };
+    for i in 0..k {
+        for j in 0..i {
+            if data.lhat[i][j] != 0.0 || st.nested[i][j] {
+                join(i, j, &mut parent);
+            }
+        }
+    }
+    for &(a, b, _) in &st.relations {
+        join(a, b, &mut parent);
+    }
+    let mut out: Vec<Vec<usize>> = Vec::new();
+    let mut idx = vec![usize::MAX; k];
+    for i in 0..k {
+        let r = find(&mut parent, i);
+        if idx[r] == usize::MAX {
+            idx[r] = out.len();
+            out.push(vec![]);
+        }
+        out[idx[r]].push(i);
+    }
+    if out.len() > 1 {
+        let total: usize = out.iter().map(|b| block_basis(space, b).ncols()).sum();
+        if total != space.r {
+            return vec![(0..k).collect()];
+        }
+    }
+    out
+}
+
+/// An orthonormal basis (r × r_B) of the span of the block's reduced rows U_B.
+fn block_basis(space: &ReducedSpace, block: &[usize]) -> DMatrix<f64> {
+    let m = DMatrix::from_fn(space.r, block.len(), |c, j| space.u[(block[j], c)]);
+    let svd = m.svd(true, false);
+    let smax = svd.singular_values.iter().cloned().fold(0.0, f64::max);
+    let u = svd.u.unwrap_or_else(|| DMatrix::zeros(space.r, 0));
+    let cols: Vec<usize> = (0..svd.singular_values.len())
+        .filter(|&i| smax > 0.0 && svd.singular_values[i] > 1e-9 * smax)
+        .collect();
+    DMatrix::from_fn(space.r, cols.len(), |i, j| u[(i, cols[j])])
+}
+
+/// Decide whether `v` lies in the Clarke subdifferential of the first-order model.
+pub fn check(
+    data: &ActiveData,
+    space: &ReducedSpace,
+    st: &Structure,
+    v: &[f64],
+    opts: &CheckOptions,
+) -> Check {
+    let w: Vec<f64> = v.iter().zip(&data.g0).map(|(a, b)| a - b).collect();
+    let scale0 = lp::max_abs(v).max(lp::max_abs(&data.g0)).max(1.0);
+    let mut out = Check {
+        verdict: Verdict::Undecided,
+        reason: String::new(),
+        certificate: None,
+        pieces: vec![],
+        blocks: vec![],
+        lps: 0,
+        complete: false,
+    };
+    // Off the row space (or no active switch): every piece has ρ·g = ρ·g0.
+    let (cv, dist) = space.project(data, &w);
+    let qcv = space.lift(data, &cv);
+    let rho: Vec<f64> = w.iter().zip(&qcv).map(|(a, b)| a - b).collect();
+    let rho_inf = lp::max_abs(&rho);
+    let tau0 = opts.tau_rel * scale0;
+    if rho_inf > 1e3 * tau0 && dist > 1e3 * tau0 {
+        let h: Vec<f64> = rho.iter().map(|x| x / rho_inf).collect();
+        let bound = dot(&h, &data.g0);
+        out.verdict = Verdict::Out;
+        out.reason = format!(
+            "v − g0 leaves the row space of the active switching rows (distance {dist:.3e}): every piece has the same slope along h"
+        );
+        out.certificate = Some(Certificate::Direction { h, bound });
+        out.complete = true;
+        return out;
+    }
+    if rho_inf > tau0 {
+        out.reason = format!("distance of v − g0 from the active row space ({dist:.3e}) is inside the tolerance band");
+        return out;
+    }
+    if data.k() == 0 {
+        out.verdict = Verdict::In;
+        out.reason = "no active switch: f is differentiable here and v is its gradient".into();
+        out.certificate = Some(Certificate::Weights(vec![]));
+        out.complete = true;
+        return out;
+    }
+    let blocks = blocks(data, space, st);
+    let mut search = Search {
+        data,
+        space,
+        st,
+        opts,
+        start: Instant::now(),
+        lps: 0,
+        leaves: 0,
+        truncated: None,
+        pieces: vec![],
+        unrealized_listed: 0,
+    };
+    let k = data.k();
+    for (b, block) in blocks.iter().enumerate() {
+        let mut sigma = vec![0.0; k];
+        let mut rows = vec![vec![]; k];
+        search.dfs(b, block, 0, &mut sigma, &mut rows, None, false);
+    }
+    out.lps = search.lps;
+    out.complete = search.truncated.is_none();
+    let truncated = search.truncated.clone();
+    out.pieces = std::mem::take(&mut search.pieces);
+    // decompose c_v over the blocks (direct sum)
+    let bases: Vec<DMatrix<f64>> = blocks.iter().map(|b| block_basis(space, b)).collect();
+    let parts: Vec<Vec<f64>> = if blocks.len() == 1 {
+        vec![cv.clone()]
+    } else {
+        let total: usize = bases.iter().map(|m| m.ncols()).sum();
+        let mut stacked = DMatrix::zeros(space.r, total);
+        let mut c0 = 0;
+        for m in &bases {
+            stacked.view_mut((0, c0), (space.r, m.ncols())).copy_from(m);
+            c0 += m.ncols();
+        }
+        let coef = stacked
+            .clone()
+            .lu()
+            .solve(&nalgebra::DVector::from_column_slice(&cv))
+            .unwrap_or_else(|| nalgebra::DVector::zeros(total));
+        let mut parts = vec![];
+        let mut c0 = 0;
+        for m in &bases {
+            let n = m.ncols();
+            let p = m * coef.rows(c0, n);
+            parts.push(p.iter().cloned().collect());
+            c0 += n;
+        }
+        parts
+    };
+    let gmax = out
+        .pieces
+        .iter()
+        .map(|p| lp::max_abs(&p.offset))
+        .fold(0.0, f64::max);
+    let tau = opts.tau_rel * scale0.max(gmax);
+    // IN: hull LP per block on realized pieces
+    let mut weights = vec![];
+    let mut all_in = true;
+    let mut worst_in = 0.0f64;
+    for (b, part) in parts.iter().enumerate() {
+        let idx: Vec<usize> = (0..out.pieces.len())
+            .filter(|&i| out.pieces[i].block == b && out.pieces[i].status == Status::Realized)
+            .collect();
+        let pts: Vec<Vec<f64>> = idx.iter().map(|&i| out.pieces[i].offset.clone()).collect();
+        out.lps += 1;
+        match lp::hull_distance(&pts, part) {
+            Ok(h) if h.delta <= tau => {
+                worst_in = worst_in.max(h.delta);
+                for (&i, &wt) in idx.iter().zip(&h.weights) {
+                    if wt > 0.0 {
+                        weights.push((i, wt));
+                    }
+                }
+            }
+            Ok(h) => {
+                worst_in = worst_in.max(h.delta);
+                all_in = false;
+            }
+            Err(_) => all_in = false,
+        }
+    }
+    if all_in {
+        out.verdict = Verdict::In;
+        out.reason = format!(
+            "v is a convex combination of realized piece gradients (hull distance {worst_in:.1e}){}",
+            if blocks.len() > 1 {
+                format!(" in each of {} independent blocks", blocks.len())
+            } else {
+                String::new()
+            }
+        );
+        out.certificate = Some(Certificate::Weights(weights));
+        out.blocks = blocks;
+        return out;
+    }
+    // OUT: separation on realized ∪ undecided, per block, only with a complete enumeration
+    if let Some(t) = truncated {
+        out.reason = format!("{t} before v was shown to be in the hull; OUT needs every piece");
+        out.blocks = blocks;
+        return out;
+    }
+    let mut best_gamma = f64::NEG_INFINITY;
+    for (b, part) in parts.iter().enumerate() {
+        let pts: Vec<Vec<f64>> = out
+            .pieces
+            .iter()
+            .filter(|p| p.block == b && p.status != Status::Unrealized)
+            .map(|p| p.offset.clone())
+            .collect();
+        out.lps += 1;
+        let Ok(sep) = lp::separate(&pts, part) else {
+            continue;
+        };
+        best_gamma = best_gamma.max(sep.gamma);
+        if sep.gamma > tau && sep.gamma.is_finite() {
+            // lift h_b: vanish on the other blocks' spaces, act as h_b on block b's space
+            let hr: Vec<f64> = if blocks.len() == 1 {
+                sep.h.clone()
+            } else {
+                lift_block_functional(&bases, b, &sep.h)
+            };
+            let h = space.lift(data, &hr);
+            let scale = lp::max_abs(&h);
+            if scale == 0.0 {
+                continue;
+            }
+            let h: Vec<f64> = h.iter().map(|x| x / scale).collect();
+            let bound = sep.beta / scale + dot(&h, &data.g0);
+            out.verdict = Verdict::Out;
+            out.reason = format!(
+                "v claims a slope along h above every realized or undecided piece (margin {:.3e})",
+                sep.gamma / scale
+            );
+            out.certificate = Some(Certificate::Direction { h, bound });
+            out.blocks = blocks;
+            return out;
+        }
+    }
+    let undecided = out
+        .pieces
+        .iter()
+        .filter(|p| p.status == Status::Undecided)
+        .count();
+    out.reason = if undecided > 0 {
+        format!(
+            "v is in the hull of realized and undecided pieces but not of the realized ones alone ({undecided} undecided pieces: cusp case, first-order data cannot tell)"
+        )
+    } else {
+        format!("margins inside the tolerance band (hull distance {worst_in:.1e}, separation {best_gamma:.1e})")
+    };
+    out.blocks = blocks;
+    out
+}
+
+fn dot(a: &[f64], b: &[f64]) -> f64 {
+    a.iter().zip(b).map(|(x, y)| x * y).sum()
+}
+
+/// h ∈ R^r with h·P_b = h_b·P_b and h·P_l = 0 (l ≠ b), for the block bases P (direct sum).
+fn lift_block_functional(bases: &[DMatrix<f64>], b: usize, hb: &[f64]) -> Vec<f64> {
+    let r = bases[0].nrows();
+    let total: usize = bases.iter().map(|m| m.ncols()).sum();
+    let mut stacked = DMatrix::zeros(r, total);
+    let mut rhs = nalgebra::DVector::zeros(total);
+    let mut c0 = 0;
+    let hbv = nalgebra::DVector::from_column_slice(hb);
+    for (l, m) in bases.iter().enumerate() {
+        stacked.view_mut((0, c0), (r, m.ncols())).copy_from(m);
+        if l == b {
+            let t = m.transpose() * &hbv;
+            rhs.rows_mut(c0, m.ncols()).copy_from(&t);
+        }
+        c0 += m.ncols();
+    }
+    // stackedᵀ h = rhs
+    stacked
+        .transpose()
+        .lu()
+        .solve(&rhs)
+        .map(|h| h.iter().cloned().collect())
+        .unwrap_or_else(|| vec![0.0; r])
+}
