@@ -357,10 +357,17 @@ impl Search<'_> {
     }
 }
 
-/// Blocks (THEORY §6.4): connected components of "L̂_ij ≠ 0, structurally nested or related";
+/// Blocks (THEORY §6.4), for k > [`SINGLE_BLOCK_K`]: connected components of "L̂_ij ≠ 0, structurally nested or related";
 /// kept separate only when their row spaces form a direct sum (Σ rank = r), else one block.
+/// Up to this many active switches (2^k ≤ the default piece budget) the switches stay one
+/// block, so that pieces and certificates are joint patterns over all of α.
+pub const SINGLE_BLOCK_K: usize = 12;
+
 fn blocks(data: &ActiveData, space: &ReducedSpace, st: &Structure) -> Vec<Vec<usize>> {
     let k = data.k();
+    if k <= SINGLE_BLOCK_K {
+        return vec![(0..k).collect()];
+    }
     let mut parent: Vec<usize> = (0..k).collect();
     fn find(p: &mut [usize], i: usize) -> usize {
         let mut r = i;

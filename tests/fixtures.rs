@@ -122,6 +122,76 @@ fn analyzer_outcomes_match_theory() {
     assert!(checked >= 50, "only {checked} analyzer checks ran");
 }
 
+fn verdict_name(v: kinkcheck::report::Verdict) -> &'static str {
+    match v {
+        kinkcheck::report::Verdict::In => "in",
+        kinkcheck::report::Verdict::Out => "out",
+        kinkcheck::report::Verdict::Undecided => "undecided",
+    }
+}
+
+#[test]
+fn verdicts_and_certificates_match_theory() {
+    let mut checked = 0;
+    for (path, case) in cases() {
+        let Some(want) = case.get("verdict") else {
+            continue;
+        };
+        let name = path.file_name().unwrap().to_string_lossy().to_string();
+        let p = kinkcheck::compile(case["program"].as_str().unwrap()).unwrap();
+        let x = vecf(&case["at"]);
+        for (conv, v) in want.as_object().unwrap() {
+            let opts = VerifyOptions::new(Convention::parse(conv).unwrap());
+            let r = kinkcheck::verify(&p, &x, &opts).unwrap();
+            assert_eq!(
+                verdict_name(r.verdict),
+                v.as_str().unwrap(),
+                "{name} {conv}: {}",
+                r.reason
+            );
+            if let Some(cert) = case.get("certificate").and_then(|c| c.get(conv)) {
+                let got = serde_json::to_value(&r).unwrap();
+                let dir = vecf(&got["certificate"]["direction"]);
+                let m = dir.iter().fold(0.0f64, |a, b| a.max(b.abs()));
+                let want_dir = vecf(&cert["direction"]);
+                let wm = want_dir.iter().fold(0.0f64, |a, b| a.max(b.abs()));
+                let scaled: Vec<f64> = dir.iter().map(|d| d / m).collect();
+                let want_scaled: Vec<f64> = want_dir.iter().map(|d| d / wm).collect();
+                assert!(
+                    close(&scaled, &want_scaled, 1e-9),
+                    "{name} {conv}: direction {dir:?}"
+                );
+                let bound = got["certificate"]["bound"].as_f64().unwrap() / m;
+                let want_bound = cert["bound"].as_f64().unwrap() / wm;
+                assert!(
+                    (bound - want_bound).abs() < 1e-9,
+                    "{name} {conv}: bound {bound}"
+                );
+            }
+            checked += 1;
+        }
+        for gcase in case
+            .get("gradients")
+            .and_then(|g| g.as_array())
+            .into_iter()
+            .flatten()
+        {
+            let mut opts = VerifyOptions::new(Convention::pytorch());
+            opts.gradient = Some(vecf(&gcase["gradient"]));
+            let r = kinkcheck::verify(&p, &x, &opts).unwrap();
+            assert_eq!(
+                verdict_name(r.verdict),
+                gcase["verdict"].as_str().unwrap(),
+                "{name} --gradient {}: {}",
+                gcase["gradient"],
+                r.reason
+            );
+            checked += 1;
+        }
+    }
+    assert!(checked >= 120, "only {checked} verdict checks ran");
+}
+
 #[test]
 fn abs_normal_forms_match() {
     let mut checked = 0;
