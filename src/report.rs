@@ -417,9 +417,24 @@ fn describe_switch(g: &Graph, s: &SwitchState, status: &str, sigma: Option<f64>)
     }
 }
 
+/// A number for humans: plain for moderate magnitudes, scientific otherwise.
+fn num(c: f64) -> String {
+    if c != 0.0 && (c.abs() < 1e-4 || c.abs() >= 1e7) {
+        format!("{c:.6e}")
+    } else {
+        let s = format!("{c:.10}");
+        let s = s.trim_end_matches('0').trim_end_matches('.');
+        if s == "-0" {
+            "0".into()
+        } else {
+            s.to_string()
+        }
+    }
+}
+
 fn fmt_vec(v: &[f64]) -> String {
     const SHOW: usize = 12;
-    let parts: Vec<String> = v.iter().take(SHOW).map(|c| format!("{c}")).collect();
+    let parts: Vec<String> = v.iter().take(SHOW).map(|&c| num(c)).collect();
     if v.len() > SHOW {
         format!("[{}, … ({} entries)]", parts.join(", "), v.len())
     } else {
@@ -453,7 +468,7 @@ impl Report {
         let _ = writeln!(
             s,
             "f(x̂) = {}   ({} variables, {} switches)",
-            self.value,
+            num(self.value),
             self.variables.len(),
             self.switches
         );
@@ -475,7 +490,12 @@ impl Report {
                 let _ = writeln!(
                     s,
                     "  #{:<4} {:<14} z = {:<10} {} ({}{})",
-                    a.switch, a.role, a.z, a.place, a.status, sig
+                    a.switch,
+                    a.role,
+                    num(a.z),
+                    a.place,
+                    a.status,
+                    sig
                 );
             }
             if self.active.len() > 20 {
@@ -532,13 +552,19 @@ impl Report {
                     .take(8)
                     .map(|(p, w)| format!("{w:.4}·{}", fmt_signs(&self.pieces[*p].signs)))
                     .collect();
-                let _ = writeln!(s, "  certificate: v = {}", parts.join(" + "));
+                let per_block = if self.blocks.len() > 1 {
+                    " (weights sum to 1 in each independent block)"
+                } else {
+                    ""
+                };
+                let _ = writeln!(s, "  certificate: v = {}{per_block}", parts.join(" + "));
             }
             Some(CertificateReport::Separation { direction, bound }) => {
                 let _ = writeln!(
                     s,
-                    "  certificate: h = {}, h·v > {bound} ≥ h·g for every realized piece g",
-                    fmt_vec(direction)
+                    "  certificate: h = {}, h·v > {} ≥ h·g for every realized or undecided piece g",
+                    fmt_vec(direction),
+                    num(*bound)
                 );
             }
             None => {}
