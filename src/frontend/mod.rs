@@ -3,6 +3,7 @@
 //! with named variables and, for networks, the point carried by the description.
 
 pub mod kc;
+pub mod onnx_proto;
 pub mod program;
 
 pub use program::compile;
