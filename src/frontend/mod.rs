@@ -5,6 +5,7 @@
 
 pub mod kc;
 pub mod network;
+pub mod onnx;
 pub mod onnx_proto;
 pub mod program;
 
