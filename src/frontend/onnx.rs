@@ -1016,4 +1016,364 @@ mod tests {
         };
         assert!(broadcast(&mut g, &a, &bad).is_err());
     }
+
+    use crate::convention::Convention;
+    use crate::eval;
+    use crate::frontend::onnx_proto::{AttrValue, Attribute, ElemType, Tensor, ValueInfo};
+
+    fn tensor(name: &str, dims: &[usize], data: &[f64]) -> Tensor {
+        Tensor {
+            name: name.into(),
+            dims: dims.to_vec(),
+            data: data.to_vec(),
+            elem_type: ElemType::Float,
+        }
+    }
+
+    fn int_tensor(name: &str, data: &[f64]) -> Tensor {
+        Tensor {
+            elem_type: ElemType::Int64,
+            ..tensor(name, &[data.len()], data)
+        }
+    }
+
+    fn node(op: &str, inputs: &[&str], output: &str, attrs: Vec<(&str, AttrValue)>) -> Node {
+        Node {
+            name: format!("{op}_{output}"),
+            op_type: op.into(),
+            domain: String::new(),
+            inputs: inputs.iter().map(|s| s.to_string()).collect(),
+            outputs: vec![output.into()],
+            attributes: attrs
+                .into_iter()
+                .map(|(n, v)| Attribute {
+                    name: n.into(),
+                    value: v,
+                })
+                .collect(),
+            index: 0,
+        }
+    }
+
+    fn model(opset: i64, in_dims: &[Option<usize>], inits: Vec<Tensor>, nodes: Vec<Node>) -> Model {
+        let out = nodes
+            .last()
+            .map(|n| n.outputs[0].clone())
+            .unwrap_or_default();
+        Model {
+            graph_name: "t".into(),
+            ir_version: 8,
+            opset_version: Some(opset),
+            initializers: inits,
+            constants: vec![],
+            inputs: vec![ValueInfo {
+                name: "x".into(),
+                dims: in_dims.to_vec(),
+            }],
+            outputs: vec![ValueInfo {
+                name: out,
+                dims: vec![],
+            }],
+            nodes,
+        }
+    }
+
+    fn data(inputs: &[&[f64]]) -> Data {
+        Data {
+            inputs: inputs.iter().map(|x| x.to_vec()).collect(),
+            targets: None,
+        }
+    }
+
+    /// (value, pytorch AD) at the problem's point.
+    fn run(p: &Problem) -> (f64, Vec<f64>) {
+        let x = p.point.clone().unwrap();
+        let ev = eval::evaluate(&p.graph, &x).unwrap();
+        let st = eval::switch_states(&p.graph, &ev, eval::TAU_ACT);
+        let g = eval::ad(&p.graph, &ev, &st, &Convention::pytorch()).unwrap();
+        (ev.output(&p.graph).unwrap(), g)
+    }
+
+    fn roles(p: &Problem) -> Vec<&'static str> {
+        p.graph.abs_nodes().iter().map(|a| a.role.name()).collect()
+    }
+
+    #[test]
+    fn clip_bounds_from_inputs_and_attributes() {
+        let one = |n: Node, inits: Vec<Tensor>, opset: i64| {
+            let m = model(opset, &[None, Some(1)], inits, vec![n]);
+            problem(&m, &data(&[&[0.5]]), Some(Wrt::Inputs), None).unwrap()
+        };
+        // min only: max(x, lo) with the clamp's lower switch; pytorch passes the gradient
+        let p = one(
+            node("Clip", &["x", "lo"], "y", vec![]),
+            vec![tensor("lo", &[], &[0.5])],
+            13,
+        );
+        assert_eq!(roles(&p), ["clamp.lo"]);
+        assert_eq!(run(&p), (0.5, vec![1.0]));
+        // max only (empty min name)
+        let p = one(
+            node("Clip", &["x", "", "hi"], "y", vec![]),
+            vec![tensor("hi", &[], &[0.5])],
+            13,
+        );
+        assert_eq!(roles(&p), ["clamp.hi"]);
+        assert_eq!(run(&p), (0.5, vec![1.0]));
+        // neither: identity
+        let p = one(node("Clip", &["x"], "y", vec![]), vec![], 13);
+        assert_eq!(p.graph.n_switches(), 0);
+        // opset 6: attributes
+        let p = one(
+            node(
+                "Clip",
+                &["x"],
+                "y",
+                vec![
+                    ("min", AttrValue::Float(0.0)),
+                    ("max", AttrValue::Float(0.25)),
+                ],
+            ),
+            vec![],
+            6,
+        );
+        assert_eq!(roles(&p), ["clamp.lo", "clamp.hi"]);
+        assert_eq!(run(&p).0, 0.25);
+        // lo > hi is rejected
+        let m = model(
+            6,
+            &[None, Some(1)],
+            vec![],
+            vec![node(
+                "Clip",
+                &["x"],
+                "y",
+                vec![
+                    ("min", AttrValue::Float(1.0)),
+                    ("max", AttrValue::Float(0.0)),
+                ],
+            )],
+        );
+        let e = problem(&m, &data(&[&[0.5]]), Some(Wrt::Inputs), None)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("lower bound above upper bound"), "{e}");
+    }
+
+    #[test]
+    fn gemm_trans_b_zero_uses_the_transpose() {
+        // B is k×r = 2×3 (transB = 0); y = x·B + c, then summed by a MatMul with a vector
+        let b = [1.0, 2.0, 3.0, 4.0, 5.0, 6.0];
+        let m = model(
+            13,
+            &[None, Some(2)],
+            vec![
+                tensor("B", &[2, 3], &b),
+                tensor("c", &[1, 3], &[0.5, 0.0, -0.5]),
+                tensor("v", &[3], &[1.0, 1.0, 1.0]),
+            ],
+            vec![
+                node(
+                    "Gemm",
+                    &["x", "B", "c"],
+                    "h",
+                    vec![("beta", AttrValue::Float(2.0))],
+                ),
+                node("MatMul", &["h", "v"], "y", vec![]),
+            ],
+        );
+        let d = data(&[&[1.0, -1.0]]);
+        // x·B = (1−4, 2−5, 3−6) = (−3, −3, −3); + 2c = (−2, −3, −4); sum = −9
+        let p = problem(&m, &d, Some(Wrt::Params), None).unwrap();
+        let (v, g) = run(&p);
+        assert_eq!(v, -9.0);
+        // ∂/∂B[i,j] = x_i, ∂/∂c = 2, ∂/∂v = h
+        assert_eq!(
+            g,
+            [1.0, 1.0, 1.0, -1.0, -1.0, -1.0, 2.0, 2.0, 2.0, -2.0, -3.0, -4.0]
+        );
+        let p = problem(&m, &d, Some(Wrt::Inputs), None).unwrap();
+        assert_eq!(run(&p), (-9.0, vec![6.0, 15.0]));
+    }
+
+    #[test]
+    fn broadcasting_binary_ops_and_activations() {
+        // per-sample [2, 2]: Sub a [2,1] column, Div by a scalar, LeakyRelu, Reshape, Flatten
+        let m = model(
+            13,
+            &[None, Some(2), Some(2)],
+            vec![
+                tensor("col", &[2, 1], &[1.0, -1.0]),
+                tensor("two", &[], &[2.0]),
+                int_tensor("shape", &[0.0, 4.0]),
+                tensor("ones", &[4], &[1.0, 1.0, 1.0, 1.0]),
+            ],
+            vec![
+                node("Sub", &["x", "col"], "a", vec![]),
+                node("Div", &["a", "two"], "b", vec![]),
+                node(
+                    "LeakyRelu",
+                    &["b"],
+                    "c",
+                    vec![("alpha", AttrValue::Float(0.5))],
+                ),
+                node("Reshape", &["c", "shape"], "d", vec![]),
+                node("MatMul", &["d", "ones"], "y", vec![]),
+            ],
+        );
+        let p = problem(
+            &m,
+            &data(&[&[3.0, 5.0, -3.0, 1.0]]),
+            Some(Wrt::Inputs),
+            None,
+        )
+        .unwrap();
+        // a = (2, 4, −2, 2); b = (1, 2, −1, 1); leaky = (1, 2, −0.5, 1) → 3.5
+        let (v, g) = run(&p);
+        assert_eq!(v, 3.5);
+        assert_eq!(g, [0.5, 0.5, 0.25, 0.5]);
+        // int64 shape tensors are not parameters
+        let p = problem(
+            &m,
+            &data(&[&[3.0, 5.0, -3.0, 1.0]]),
+            Some(Wrt::Params),
+            None,
+        )
+        .unwrap();
+        assert_eq!(
+            p.var_names,
+            ["col[0,0]", "col[1,0]", "two", "ones[0]", "ones[1]", "ones[2]", "ones[3]"]
+        );
+    }
+
+    fn lowering_error(m: &Model, x: &[f64]) -> String {
+        let e = problem(m, &data(&[x]), Some(Wrt::Inputs), None)
+            .unwrap_err()
+            .to_string();
+        assert!(!e.contains('\n'), "{e}");
+        e
+    }
+
+    #[test]
+    fn unsupported_constructions_are_one_line_errors() {
+        let w = || tensor("W", &[1, 2], &[1.0, 1.0]);
+        // batch axis must stay first
+        let m = model(
+            13,
+            &[None, Some(2)],
+            vec![int_tensor("s", &[1.0, -1.0])],
+            vec![node("Reshape", &["x", "s"], "y", vec![])],
+        );
+        assert_eq!(
+            lowering_error(&m, &[1.0, 2.0]),
+            "node 'Reshape_y' (Reshape): shape [1, -1] does not keep the batch axis first"
+        );
+        let m = model(
+            13,
+            &[None, Some(2)],
+            vec![],
+            vec![node(
+                "Flatten",
+                &["x"],
+                "y",
+                vec![("axis", AttrValue::Int(0))],
+            )],
+        );
+        assert!(lowering_error(&m, &[1.0, 2.0]).contains("would merge the batch axis"));
+        let m = model(
+            13,
+            &[None, Some(1), Some(4)],
+            vec![],
+            vec![node(
+                "MaxPool",
+                &["x"],
+                "y",
+                vec![
+                    ("kernel_shape", AttrValue::Ints(vec![2])),
+                    ("pads", AttrValue::Ints(vec![1, 1])),
+                ],
+            )],
+        );
+        assert_eq!(
+            lowering_error(&m, &[1.0, 2.0, 3.0, 4.0]),
+            "node 'MaxPool_y' (MaxPool): padding is not supported (pads must be 0)"
+        );
+        let m = model(
+            13,
+            &[None, Some(2)],
+            vec![w()],
+            vec![node(
+                "Gemm",
+                &["x", "W"],
+                "y",
+                vec![("transA", AttrValue::Int(1))],
+            )],
+        );
+        assert!(lowering_error(&m, &[1.0, 2.0]).contains("transA = 1 is not supported"));
+        let m = model(
+            13,
+            &[None, Some(2)],
+            vec![w()],
+            vec![node("Gemm", &["x", "W"], "y", vec![])],
+        );
+        assert!(lowering_error(&m, &[1.0, 2.0]).contains("does not fit an input of length 2"));
+        let m = model(
+            13,
+            &[None, Some(2)],
+            vec![],
+            vec![node("Add", &["x", "nope"], "y", vec![])],
+        );
+        assert_eq!(
+            lowering_error(&m, &[1.0, 2.0]),
+            "node 'Add_y' (Add): input 'nope' is not defined"
+        );
+        let mut n = node("Relu", &["x"], "y", vec![]);
+        n.domain = "com.example".into();
+        let m = model(13, &[None, Some(2)], vec![], vec![n]);
+        assert_eq!(
+            lowering_error(&m, &[1.0, 2.0]),
+            "unsupported ONNX op 'com.example.Relu' at node 'Relu_y'"
+        );
+        let m = model(
+            13,
+            &[None, Some(2)],
+            vec![tensor("c", &[3], &[1.0, 2.0, 3.0])],
+            vec![node("Mul", &["x", "c"], "y", vec![])],
+        );
+        assert!(lowering_error(&m, &[1.0, 2.0]).contains("shapes [2] and [3] do not broadcast"));
+    }
+
+    #[test]
+    fn maxpool_2d_windows() {
+        // per-sample [1, 2, 4], kernel 2×2, stride 2: two windows
+        let m = model(
+            13,
+            &[None, Some(1), Some(2), Some(4)],
+            vec![tensor("v", &[2], &[1.0, 10.0])],
+            vec![
+                node(
+                    "MaxPool",
+                    &["x"],
+                    "p",
+                    vec![
+                        ("kernel_shape", AttrValue::Ints(vec![2, 2])),
+                        ("strides", AttrValue::Ints(vec![2, 2])),
+                    ],
+                ),
+                node("Flatten", &["p"], "f", vec![]),
+                node("MatMul", &["f", "v"], "y", vec![]),
+            ],
+        );
+        let p = problem(
+            &m,
+            &data(&[&[1.0, 2.0, 3.0, 0.0, 5.0, 1.0, 2.0, 8.0]]),
+            Some(Wrt::Inputs),
+            None,
+        )
+        .unwrap();
+        let (v, g) = run(&p);
+        assert_eq!(v, 5.0 + 80.0);
+        assert_eq!(g, [0.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 10.0]);
+        assert_eq!(p.graph.n_switches(), 2 * 3);
+    }
 }
