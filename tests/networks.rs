@@ -674,6 +674,56 @@ fn onnx_ops_zoo_matches_finite_differences() {
 }
 
 #[test]
+fn onnx_models_match_the_reference_evaluator() {
+    // fixtures/onnx/expected.json: objectives computed by onnx's ReferenceEvaluator
+    // (tools/gen_onnx_fixtures.py), in float32, so compare with a relative tolerance.
+    let text = std::fs::read_to_string(root().join("fixtures/onnx/expected.json")).unwrap();
+    let cases: Vec<serde_json::Value> = serde_json::from_str(&text).unwrap();
+    assert_eq!(cases.len(), 9);
+    for case in cases {
+        let name = case["model"].as_str().unwrap();
+        let model = onnx_model(name);
+        let data: Data = serde_json::from_value(case["data"].clone()).unwrap();
+        let want = case["mse"].as_f64().unwrap();
+        for wrt in [Wrt::Params, Wrt::Inputs] {
+            let p = onnx::problem(&model, &data, Some(wrt), Some(Loss::Mse))
+                .unwrap_or_else(|e| panic!("{name}: {e}"));
+            let got = value(&p, p.point.as_ref().unwrap());
+            assert!(
+                (got - want).abs() <= 1e-5 * (1.0 + want.abs()),
+                "{name} wrt {wrt}: {got} vs reference {want}"
+            );
+        }
+    }
+}
+
+#[test]
+fn onnx_ops_extra_matches_finite_differences() {
+    let model = onnx_model("ops_extra.onnx");
+    let mut r = Lcg(5);
+    for _ in 0..50 {
+        let data = Data {
+            inputs: (0..2)
+                .map(|_| r.vec(3).iter().map(|v| 2.0 * v).collect())
+                .collect(),
+            targets: Some((0..2).map(|_| r.vec(2)).collect()),
+        };
+        let pi = onnx::problem(&model, &data, Some(Wrt::Inputs), None).unwrap();
+        let pp = onnx::problem(&model, &data, Some(Wrt::Params), None).unwrap();
+        let (xi, xp) = (pi.point.clone().unwrap(), pp.point.clone().unwrap());
+        if min_switch(&pi, &xi) < 1e-2 {
+            continue;
+        }
+        assert_eq!(pp.var_names[..3], ["B[0,0]", "B[0,1]", "B[0,2]"]);
+        assert_eq!(pp.var_names[16..18], ["lo", "hi"]);
+        check_fd(&pi, &xi, "ops_extra wrt inputs");
+        check_fd(&pp, &xp, "ops_extra wrt params");
+        return;
+    }
+    panic!("no smooth point found");
+}
+
+#[test]
 fn onnx_errors_are_one_line() {
     let e = onnx::load(&root().join("fixtures/onnx/external.onnx"))
         .unwrap_err()
@@ -918,7 +968,13 @@ fn mlp() -> impl Strategy<Value = (serde_json::Value, usize)> {
         prop::collection::vec(0usize..ACTS.len(), 3),
         1usize..4,
         any::<u64>(),
-        prop_oneof![Just("mse"), Just("l1"), Just("cross_entropy"), Just("none")],
+        prop_oneof![
+            Just("mse"),
+            Just("l1"),
+            Just("hinge"),
+            Just("cross_entropy"),
+            Just("none")
+        ],
     )
         .prop_map(|(widths, acts, batch, seed, loss)| {
             let mut r = Lcg(seed);
@@ -944,6 +1000,11 @@ fn mlp() -> impl Strategy<Value = (serde_json::Value, usize)> {
                 .map(|_| {
                     if loss == "cross_entropy" {
                         r.vec(out).iter().map(|v| v.abs()).collect()
+                    } else if loss == "hinge" {
+                        r.vec(out)
+                            .iter()
+                            .map(|v| if *v < 0.0 { -1.0 } else { 1.0 })
+                            .collect()
                     } else {
                         r.vec(out).iter().map(|v| 3.0 * v).collect()
                     }

@@ -12,6 +12,7 @@ evaluator against a hand-written numpy forward pass, so a fixture means what its
 name says. Output is deterministic: running the script twice gives identical bytes.
 """
 
+import json
 import os
 import sys
 
@@ -334,6 +335,61 @@ def gemm_alpha():
     return m
 
 
+def ops_extra():
+    """Gemm with transB=0 and alpha, one-sided Clips (min only; max only via an empty min
+    input), Reshape with a 0 entry, broadcasting Sub/Mul against [1,2] and [2,1] tensors,
+    Flatten, a 3-input Max with Neg, MatMul, Relu."""
+    b = f32([[1.0, -0.5, 0.25, 2.0], [0.5, 1.0, -1.0, 0.0], [-0.25, 0.75, 1.5, -1.0]])  # k x r
+    c = f32([0.125, -0.25, 0.0, 0.5])
+    lo, hi = f32(-0.75), f32(1.25)
+    row, col = f32([[0.5, -0.5]]), f32([[2.0], [-1.0]])
+    floor = f32([-0.5, 0.0, 0.25, -1.0])
+    v = f32([[1.0, 0.5], [-1.0, 0.25], [0.5, -2.0], [0.75, 1.0]])
+    nodes = [
+        helper.make_node("Gemm", ["x", "B", "c"], ["h"], name="gemm", alpha=0.5, transB=0),
+        helper.make_node("Clip", ["h", "lo"], ["a"], name="clip_lo"),
+        helper.make_node("Clip", ["a", "", "hi"], ["b"], name="clip_hi"),
+        helper.make_node(
+            "Constant",
+            [],
+            ["shape"],
+            name="const_shape",
+            value=numpy_helper.from_array(np.array([0, 2, 2], dtype=np.int64), name="shape"),
+        ),
+        helper.make_node("Reshape", ["b", "shape"], ["r"], name="reshape"),
+        helper.make_node("Sub", ["r", "row"], ["s"], name="sub_row"),
+        helper.make_node("Mul", ["s", "col"], ["m"], name="mul_col"),
+        helper.make_node("Flatten", ["m"], ["f"], name="flatten", axis=1),
+        helper.make_node("Neg", ["f"], ["nf"], name="neg"),
+        helper.make_node("Max", ["f", "nf", "floor"], ["mx"], name="max3"),
+        helper.make_node("MatMul", ["mx", "v"], ["o"], name="matmul"),
+        helper.make_node("Relu", ["o"], ["y"], name="relu"),
+    ]
+    g = helper.make_graph(
+        nodes,
+        "ops_extra",
+        [inp("x", [BATCH, 3])],
+        [inp("y", [BATCH, 2])],
+        [
+            init("B", b),
+            init("c", c),
+            init("lo", lo),
+            init("hi", hi),
+            init("row", row),
+            init("col", col),
+            init("floor", floor),
+            init("v", v),
+        ],
+    )
+    m = model(g)
+    x = f32([[1.0, -2.0, 0.5], [0.0, 0.0, 0.0], [3.0, 1.0, -1.0]])
+    h = np.clip(0.5 * (x @ b) + c, lo, hi).reshape(-1, 2, 2)
+    f = ((h - row) * col).reshape(-1, 4)
+    mx = np.maximum(np.maximum(f, -f), floor)
+    check_runs(m, {"x": x}, relu(mx @ v))
+    return m
+
+
 FIXTURES = [
     ("e12_one_neuron.onnx", e12_one_neuron),
     ("mlp_small.onnx", mlp_small),
@@ -345,7 +401,50 @@ FIXTURES = [
     ("external.onnx", external),
     ("unsupported_op.onnx", unsupported_op),
     ("gemm_alpha.onnx", gemm_alpha),
+    ("ops_extra.onnx", ops_extra),
 ]
+
+# Per-sample input shape and output width of the models whose objective is recorded in
+# expected.json (the Rust tests lower each model with `--loss mse` and compare).
+EXPECTED = [
+    ("e12_one_neuron.onnx", [1], 1),
+    ("mlp_small.onnx", [2], 1),
+    ("mlp_matmul.onnx", [2], 1),
+    ("ops_zoo.onnx", [4], 4),
+    ("maxpool.onnx", [1, 4], 1),
+    ("e14_maxpool.onnx", [2], 1),
+    ("float_data.onnx", [2], 2),
+    ("gemm_alpha.onnx", [2], 1),
+    ("ops_extra.onnx", [3], 2),
+]
+
+
+def expected(out_dir):
+    """For each model: a batch of dyadic inputs and targets and the mse objective
+    0.5 * sum((y - t)^2) computed from onnx's reference evaluator (float32 outputs, summed in
+    float64). Written to expected.json."""
+    rng = np.random.default_rng(12345)
+    cases = []
+    for name, shape, width in EXPECTED:
+        with open(os.path.join(out_dir, name), "rb") as fh:
+            m = onnx.load_model_from_string(fh.read())
+        batch = 3
+        x = f32(np.round(rng.uniform(-2, 2, size=[batch] + shape) * 8) / 8)
+        t = f32(np.round(rng.uniform(-2, 2, size=[batch, width]) * 8) / 8)
+        y = ReferenceEvaluator(m).run(None, {"x": x})[0].astype(np.float64)
+        value = 0.5 * float(np.sum((y.reshape(batch, width) - t.astype(np.float64)) ** 2))
+        cases.append(
+            {
+                "model": name,
+                "data": {"inputs": x.tolist(), "targets": t.tolist()},
+                "mse": value,
+            }
+        )
+    path = os.path.join(out_dir, "expected.json")
+    with open(path, "w") as fh:
+        json.dump(cases, fh, indent=1)
+        fh.write("\n")
+    print(f"expected.json: {len(cases)} cases")
 
 
 def main():
@@ -354,6 +453,7 @@ def main():
     os.makedirs(out_dir, exist_ok=True)
     for name, build in FIXTURES:
         save(out_dir, name, build())
+    expected(out_dir)
 
 
 if __name__ == "__main__":
