@@ -73,8 +73,10 @@ struct Value {
     batched: bool,
 }
 
+/// Number of elements of a shape (saturating, so absurd declared shapes give a mismatch
+/// error instead of an overflow).
 fn numel(shape: &[usize]) -> usize {
-    shape.iter().product()
+    shape.iter().fold(1usize, |a, &b| a.saturating_mul(b))
 }
 
 fn fmt_index(idx: &[usize]) -> String {
@@ -368,7 +370,10 @@ fn sample_shape(name: &str, dims: &[Option<usize>], k: usize) -> Result<Vec<usiz
         )));
     }
     let rest = &dims[1..];
-    let known: usize = rest.iter().flatten().product();
+    let known = rest
+        .iter()
+        .flatten()
+        .fold(1usize, |a, &b| a.saturating_mul(b));
     let unknown = rest.iter().filter(|d| d.is_none()).count();
     let shape: Vec<usize> = match unknown {
         0 => rest.iter().map(|d| d.unwrap_or(0)).collect(),
@@ -534,6 +539,19 @@ fn lower_node(
                 }
             };
             let (lo, hi) = if model.opset_version.unwrap_or(1) >= 11 {
+                // Bounds stored in the file (possibly parameters): check lo ≤ hi at the
+                // stored values, since the clamp formula needs it (THEORY §1).
+                let stored = |i: usize| {
+                    node.inputs
+                        .get(i)
+                        .and_then(|n| model.tensor(n))
+                        .and_then(|t| t.data.first().copied())
+                };
+                if let (Some(l), Some(h)) = (stored(1), stored(2)) {
+                    if l > h {
+                        return Err(err(format!("min {l} is above max {h}")));
+                    }
+                }
                 let lo = get(g, ctx, 1)?;
                 let hi = get(g, ctx, 2)?;
                 (bound(g, lo, "min")?, bound(g, hi, "max")?)
@@ -1158,6 +1176,17 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("lower bound above upper bound"), "{e}");
+        // opset 13 with stored bounds that are parameters
+        let m = model(
+            13,
+            &[None, Some(1)],
+            vec![tensor("lo", &[], &[1.0]), tensor("hi", &[], &[0.0])],
+            vec![node("Clip", &["x", "lo", "hi"], "y", vec![])],
+        );
+        let e = problem(&m, &data(&[&[0.5]]), Some(Wrt::Params), None)
+            .unwrap_err()
+            .to_string();
+        assert_eq!(e, "node 'Clip_y' (Clip): min 1 is above max 0");
     }
 
     #[test]
