@@ -18,6 +18,13 @@ pub enum Error {
     /// A convention name is not understood.
     #[error("{0}")]
     Convention(#[from] crate::convention::ConventionError),
+    /// A network description, its data, or an ONNX model cannot be lowered into an objective
+    /// (the message names the layer, data entry or ONNX node).
+    #[error("{0}")]
+    Network(String),
+    /// An ONNX file cannot be decoded.
+    #[error("{0}")]
+    Onnx(#[from] crate::frontend::onnx_proto::OnnxError),
     /// Anything else about the input (files, JSON, options), with its message.
     #[error("{0}")]
     Input(String),

@@ -1,8 +1,10 @@
 //! The `kinkcheck` command line (CONTRACT.md §2): a thin layer over the library.
 
 use clap::{Args, Parser, Subcommand};
+use kinkcheck::frontend::network::{Data, Loss, Network, Wrt};
+use kinkcheck::frontend::{onnx, onnx_proto};
 use kinkcheck::{anf, eval, Convention, Error, Problem, VerifyOptions};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 #[derive(Parser)]
@@ -31,9 +33,20 @@ struct SourceArgs {
     /// The program text instead of a file.
     #[arg(long, conflicts_with = "source")]
     expr: Option<String>,
-    /// The point, comma-separated, in the order of `vars`.
+    /// The point, comma-separated, in the order of `vars` (for networks: replaces the
+    /// point the description carries).
     #[arg(long, allow_hyphen_values = true)]
     at: Option<String>,
+    /// A batch `{"inputs": [..], "targets": [..]}` for a network or ONNX model (required for
+    /// ONNX; replaces a network description's `data`).
+    #[arg(long, value_name = "FILE")]
+    data: Option<PathBuf>,
+    /// Differentiate with respect to `params` or `inputs` (networks and ONNX models).
+    #[arg(long, value_name = "params|inputs")]
+    wrt: Option<String>,
+    /// The per-sample loss: mse, l1, hinge, cross_entropy or none (networks and ONNX models).
+    #[arg(long, value_name = "NAME")]
+    loss: Option<String>,
     /// Print JSON on stdout.
     #[arg(long)]
     json: bool,
@@ -75,24 +88,70 @@ fn parse_numbers(text: &str, what: &str) -> Result<Vec<f64>, Error> {
         .collect()
 }
 
+fn read_text(path: &Path) -> Result<String, Error> {
+    std::fs::read_to_string(path)
+        .map_err(|e| Error::input(format!("cannot read {}: {e}", path.display())))
+}
+
+fn at_path(path: &Path, e: Error) -> Error {
+    Error::input(format!("{}: {e}", path.display()))
+}
+
 fn load(src: &SourceArgs) -> Result<Problem, Error> {
+    let wrt: Option<Wrt> = src.wrt.as_deref().map(str::parse).transpose()?;
+    let loss: Option<Loss> = src.loss.as_deref().map(str::parse).transpose()?;
+    let data = match &src.data {
+        Some(path) => Some(Data::from_json(&read_text(path)?).map_err(|e| at_path(path, e))?),
+        None => None,
+    };
+    let network_flags = src.data.is_some() || wrt.is_some() || loss.is_some();
+    let no_network_flags = || {
+        if network_flags {
+            Err(Error::input(
+                "--data, --wrt and --loss apply to network descriptions (.json) and ONNX models (.onnx) only",
+            ))
+        } else {
+            Ok(())
+        }
+    };
     match (&src.expr, &src.source) {
-        (Some(text), _) => kinkcheck::compile(text),
+        (Some(text), _) => {
+            no_network_flags()?;
+            kinkcheck::compile(text)
+        }
         (None, Some(path)) => {
             let ext = path
                 .extension()
                 .and_then(|e| e.to_str())
                 .unwrap_or("")
                 .to_ascii_lowercase();
-            if ext == "json" || ext == "onnx" {
-                return Err(Error::input(format!(
-                    "{}: network descriptions and ONNX models are not supported yet",
-                    path.display()
-                )));
+            match ext.as_str() {
+                "json" => {
+                    let net =
+                        Network::from_json(&read_text(path)?).map_err(|e| at_path(path, e))?;
+                    net.problem(data.as_ref(), wrt, loss)
+                        .map_err(|e| at_path(path, e))
+                }
+                "onnx" => {
+                    let bytes = std::fs::read(path).map_err(|e| {
+                        Error::input(format!("cannot read {}: {e}", path.display()))
+                    })?;
+                    let model = onnx_proto::decode(&bytes).map_err(|e| at_path(path, e.into()))?;
+                    let data = data.ok_or_else(|| {
+                        Error::input(format!(
+                            "{}: ONNX models need a batch: give --data FILE",
+                            path.display()
+                        ))
+                    })?;
+                    onnx::problem(&model, &data, wrt, loss).map_err(|e| at_path(path, e))
+                }
+                _ => {
+                    no_network_flags()?;
+                    let text = read_text(path)?;
+                    kinkcheck::compile(&text)
+                        .map_err(|e| Error::input(format!("{}:{e}", path.display())))
+                }
             }
-            let text = std::fs::read_to_string(path)
-                .map_err(|e| Error::input(format!("cannot read {}: {e}", path.display())))?;
-            kinkcheck::compile(&text).map_err(|e| Error::input(format!("{}:{e}", path.display())))
         }
         (None, None) => Err(Error::input("give a SOURCE file or --expr 'TEXT'")),
     }
@@ -105,11 +164,15 @@ fn point(src: &SourceArgs, p: &Problem) -> Result<Vec<f64>, Error> {
         (None, None) => return Err(Error::input("--at is required for programs")),
     };
     if x.len() != p.var_names.len() {
+        let names = if p.var_names.len() <= 8 {
+            format!(" ({})", p.var_names.join(", "))
+        } else {
+            String::new()
+        };
         return Err(Error::input(format!(
-            "--at has {} values, the program has {} variables ({})",
+            "--at has {} values, the problem has {} variables{names}",
             x.len(),
             p.var_names.len(),
-            p.var_names.join(", ")
         )));
     }
     Ok(x)

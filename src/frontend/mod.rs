@@ -1,8 +1,12 @@
-//! Front ends: the `.kc` program language ([`kc`] parses, [`program`] lowers), and later
-//! network descriptions and ONNX models. Each produces a [`Problem`]: an evaluation graph
+//! Front ends: the `.kc` program language ([`kc`] parses, [`program`] lowers), network
+//! descriptions ([`network`], `.json`) and ONNX models ([`onnx_proto`] decodes, [`onnx`]
+//! lowers). Each produces a [`Problem`]: an evaluation graph
 //! with named variables and, for networks, the point carried by the description.
 
 pub mod kc;
+pub mod network;
+pub mod onnx;
+pub mod onnx_proto;
 pub mod program;
 
 pub use program::compile;
