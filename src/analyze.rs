@@ -260,24 +260,26 @@ fn find(parent: &mut [usize], i: usize) -> usize {
     r
 }
 
-/// If rows a and b are parallel (b = λ a, λ ≠ 0), the sign of λ.
-fn parallel(a: &[f64], b: &[f64]) -> Option<f64> {
-    let (ia, &va) = a
+/// If rows i and j of J_α are parallel (J_j = λ J_i, λ ≠ 0), the sign of λ.
+fn parallel(data: &ActiveData, i: usize, j: usize) -> Option<f64> {
+    let (ni, nj) = (&data.nnz[i], &data.nnz[j]);
+    if ni.is_empty() || ni.len() != nj.len() || ni[0] != nj[0] {
+        return None;
+    }
+    let (a, b) = (&data.j[i], &data.j[j]);
+    let ia = *ni
         .iter()
-        .enumerate()
-        .max_by(|x, y| x.1.abs().total_cmp(&y.1.abs()))?;
-    if va == 0.0 {
+        .max_by(|&&x, &&y| a[x].abs().total_cmp(&a[y].abs()))?;
+    let lambda = b[ia] / a[ia];
+    if lambda == 0.0 || !lambda.is_finite() {
         return None;
     }
-    let lambda = b[ia] / va;
-    if lambda == 0.0 {
-        return None;
-    }
-    let scale = va.abs().max(b[ia].abs());
-    a.iter()
-        .zip(b)
-        .all(|(x, y)| (y - lambda * x).abs() <= 1e-12 * scale)
-        .then_some(lambda.signum())
+    let scale = a[ia].abs().max(b[ia].abs());
+    (ni == nj
+        && ni
+            .iter()
+            .all(|&p| (b[p] - lambda * a[p]).abs() <= 1e-12 * scale))
+    .then_some(lambda.signum())
 }
 
 /// Classes of THEORY §5.2: fixed switches alone; free switches with equal |σ̃| merged when
@@ -302,7 +304,7 @@ fn merged_classes(data: &ActiveData, st: &Structure, sigma: &[f64]) -> Vec<Class
         for j in i + 1..k {
             if st.sites[i].is_some() && st.sites[i] == st.sites[j] {
                 edges.push((i, j, 1.0));
-            } else if let Some(s) = parallel(&data.j[i], &data.j[j]) {
+            } else if let Some(s) = parallel(data, i, j) {
                 edges.push((i, j, s));
             }
         }
@@ -428,8 +430,8 @@ fn private_directions(data: &ActiveData, classes: &[Class], reach: &[Vec<bool>])
     let mut first = vec![usize::MAX; n];
     for i in 0..k {
         let r = rank_of[class_of[i]];
-        for (p, &v) in data.j[i].iter().enumerate() {
-            if v != 0.0 && r < first[p] {
+        for &p in &data.nnz[i] {
+            if r < first[p] {
                 first[p] = r;
             }
         }
@@ -437,7 +439,7 @@ fn private_directions(data: &ActiveData, classes: &[Class], reach: &[Vec<bool>])
     let mut used = Vec::with_capacity(m);
     for (r, &c) in order.iter().enumerate() {
         let cl = &classes[c];
-        let p = (0..n).find(|&p| {
+        let p = data.nnz[cl.members[0]].iter().copied().find(|&p| {
             if first[p] != r {
                 return false;
             }

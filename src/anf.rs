@@ -190,6 +190,9 @@ pub struct ActiveData {
     pub g0: Vec<f64>,
     /// b̂ = b_α + bΣ(I − LΣ)⁻¹L_α.
     pub bhat: Vec<f64>,
+    /// Column indices of the nonzero entries of each row of J_α (rows are sparse in networks:
+    /// a first-layer switch of one sample touches only its unit's weights and bias).
+    pub nnz: Vec<Vec<usize>>,
 }
 
 impl ActiveData {
@@ -231,14 +234,38 @@ impl ActiveData {
             lhat,
             g0: out.grad,
             bhat,
+            nnz: vec![],
         };
         data.remove_degenerate();
+        data.nnz = data
+            .j
+            .iter()
+            .map(|row| (0..row.len()).filter(|&p| row[p] != 0.0).collect())
+            .collect();
         Ok(data)
     }
 
     /// Number of active switches k.
     pub fn k(&self) -> usize {
         self.active.len()
+    }
+
+    /// J_α[i] · J_α[j] over the sparse nonzeros.
+    pub fn row_dot(&self, i: usize, j: usize) -> f64 {
+        let (a, b) = if self.nnz[i].len() <= self.nnz[j].len() {
+            (i, j)
+        } else {
+            (j, i)
+        };
+        self.nnz[a]
+            .iter()
+            .map(|&p| self.j[a][p] * self.j[b][p])
+            .sum()
+    }
+
+    /// J_α[i] · w for a dense w.
+    pub fn row_dot_dense(&self, i: usize, w: &[f64]) -> f64 {
+        self.nnz[i].iter().map(|&p| self.j[i][p] * w[p]).sum()
     }
 
     /// Drop switches with ż ≡ 0 on every piece: a zero row of J_α whose L̂ row only refers to

@@ -654,3 +654,102 @@ fn lift_block_functional(bases: &[DMatrix<f64>], b: usize, hb: &[f64]) -> Vec<f6
         .map(|h| h.iter().cloned().collect())
         .unwrap_or_else(|| vec![0.0; r])
 }
+
+impl Check {
+    /// No enumeration was run (the analyzer's guarantee decides; THEORY §6.7).
+    pub fn skipped(reason: &str) -> Check {
+        Check {
+            verdict: Verdict::Undecided,
+            reason: reason.to_string(),
+            certificate: None,
+            pieces: vec![],
+            blocks: vec![],
+            lps: 0,
+            complete: false,
+        }
+    }
+}
+
+/// The weight-support shortcut for AD vectors (THEORY §3, §6.5): AD(σ̃) = Σ_σ w(σ) g(σ) with
+/// w(σ) = Π_i (1 + σ_i σ̃_i)/2, supported on the completions that agree with σ̃ wherever
+/// |σ̃_i| = 1. If that support has at most `max_support` patterns and each is shown realized by a
+/// strict LP, the product weights are an IN certificate without any enumeration.
+pub fn support_certificate(
+    data: &ActiveData,
+    space: &ReducedSpace,
+    sigma: &[f64],
+    v: &[f64],
+    max_support: usize,
+) -> Option<Check> {
+    let k = data.k();
+    let free: Vec<usize> = (0..k).filter(|&i| sigma[i].abs() < 1.0).collect();
+    if free.len() >= 20 || (1usize << free.len()) > max_support {
+        return None;
+    }
+    let mut pieces = vec![];
+    let mut weights = vec![];
+    let mut lps = 0;
+    let mut combo = vec![0.0; space.r];
+    for t in 0..(1usize << free.len()) {
+        let mut s: Vec<f64> = sigma.iter().map(|x| x.signum()).collect();
+        let mut w = 1.0;
+        for (b, &i) in free.iter().enumerate() {
+            s[i] = if t >> b & 1 == 1 { 1.0 } else { -1.0 };
+            w *= (1.0 + s[i] * sigma[i]) / 2.0;
+        }
+        if w == 0.0 {
+            continue;
+        }
+        lps += 1;
+        let (margin, e) = space.strict_margin(data, &s).ok()?;
+        if margin <= TAU_LP {
+            return None;
+        }
+        let rows = space.rows(data, &s);
+        let offset = space.offset(data, &s, &rows);
+        for (c, o) in combo.iter_mut().zip(&offset) {
+            *c += w * o;
+        }
+        let tol = space.zero_tol();
+        pieces.push(Piece {
+            block: 0,
+            signs: (0..k)
+                .map(|i| {
+                    if lp::max_abs(&rows[i]) <= tol {
+                        0
+                    } else {
+                        s[i] as i8
+                    }
+                })
+                .collect(),
+            status: Status::Realized,
+            offset,
+            witness: Some(e),
+        });
+        weights.push((pieces.len() - 1, w));
+    }
+    // sanity: the weights reproduce v
+    let w: Vec<f64> = v.iter().zip(&data.g0).map(|(a, b)| a - b).collect();
+    let (cv, dist) = space.project(data, &w);
+    let scale = lp::max_abs(v).max(1.0);
+    let err = combo
+        .iter()
+        .zip(&cv)
+        .map(|(a, b)| (a - b).abs())
+        .fold(dist, f64::max);
+    if err > 1e-8 * scale {
+        return None;
+    }
+    Some(Check {
+        verdict: Verdict::In,
+        reason: format!(
+            "v = Σ w(σ) g(σ) over {} realized completions with product weights",
+            pieces.len()
+        ),
+        certificate: Some(Certificate::Weights(weights)),
+        pieces,
+        blocks: vec![(0..k).collect()],
+        lps,
+        complete: false,
+    })
+}

@@ -57,7 +57,7 @@ impl ReducedSpace {
         let mut gram = DMatrix::zeros(k, k);
         for i in 0..k {
             for j in 0..=i {
-                let v: f64 = data.j[i].iter().zip(&data.j[j]).map(|(a, b)| a * b).sum();
+                let v = data.row_dot(i, j);
                 gram[(i, j)] = v;
                 gram[(j, i)] = v;
             }
@@ -118,8 +118,8 @@ impl ReducedSpace {
         for i in 0..self.k {
             let coef: f64 = (0..self.r).map(|c| self.w[(i, c)] * e[c]).sum();
             if coef != 0.0 {
-                for (dv, jv) in d.iter_mut().zip(&data.j[i]) {
-                    *dv += coef * jv;
+                for &p in &data.nnz[i] {
+                    d[p] += coef * data.j[i][p];
                 }
             }
         }
@@ -128,11 +128,7 @@ impl ReducedSpace {
 
     /// Project w ∈ R^n: `(c_w, distance of w from the row space)` with c_w = w Q.
     pub fn project(&self, data: &ActiveData, wv: &[f64]) -> (Vec<f64>, f64) {
-        let jw: Vec<f64> = data
-            .j
-            .iter()
-            .map(|row| row.iter().zip(wv).map(|(a, b)| a * b).sum())
-            .collect();
+        let jw: Vec<f64> = (0..self.k).map(|i| data.row_dot_dense(i, wv)).collect();
         let c: Vec<f64> = (0..self.r)
             .map(|col| (0..self.k).map(|i| jw[i] * self.w[(i, col)]).sum())
             .collect();

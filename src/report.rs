@@ -171,13 +171,22 @@ fn run_stage(
         sigma_alpha.as_deref(),
         &opts.analyze,
     );
-    // When the analyzer guarantees IN, the enumeration is for reporting only: keep it small.
-    let mut copts = opts.check.clone();
-    if analysis.guaranteed {
-        copts.max_pieces = copts.max_pieces.min(64);
-        copts.timeout = copts.timeout.min(std::time::Duration::from_millis(500));
-    }
-    let check = pieces::check(&data, &space, &structure, v, &copts);
+    // When the analyzer guarantees IN, the enumeration is for reporting only and must not
+    // delay the verdict (THEORY §6.7): small problems get a short enumeration, larger ones the
+    // weight-support certificate when it is small, else none.
+    let check = if analysis.guaranteed && data.k() > pieces::SINGLE_BLOCK_K {
+        sigma_alpha
+            .as_deref()
+            .and_then(|s| pieces::support_certificate(&data, &space, s, v, 64))
+            .unwrap_or_else(|| Check::skipped("the analyzer's guarantee decides; no enumeration"))
+    } else {
+        let mut copts = opts.check.clone();
+        if analysis.guaranteed {
+            copts.max_pieces = copts.max_pieces.min(64);
+            copts.timeout = copts.timeout.min(std::time::Duration::from_millis(500));
+        }
+        pieces::check(&data, &space, &structure, v, &copts)
+    };
     Ok(Stage {
         data,
         analysis,
