@@ -4,6 +4,7 @@ use clap::{Args, Parser, Subcommand};
 use kinkcheck::frontend::network::{Data, Loss, Network, Wrt};
 use kinkcheck::frontend::{onnx, onnx_proto};
 use kinkcheck::{anf, eval, Convention, Error, Problem, VerifyOptions};
+use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -62,6 +63,15 @@ struct VerifyArgs {
     /// Check this vector (comma-separated, or a file holding it) instead of the convention's.
     #[arg(long, allow_hyphen_values = true)]
     gradient: Option<String>,
+    /// Most pieces (realized or undecided) the LP checker enumerates.
+    #[arg(long, default_value_t = 4096)]
+    max_pieces: usize,
+    /// Most linear programs the LP checker solves.
+    #[arg(long, default_value_t = 20000)]
+    max_lps: usize,
+    /// Wall-time budget of the LP checker, in seconds.
+    #[arg(long, default_value_t = 10.0)]
+    timeout: f64,
 }
 
 fn parse_numbers(text: &str, what: &str) -> Result<Vec<f64>, Error> {
@@ -185,17 +195,13 @@ fn run(cli: Cli) -> Result<ExitCode, Error> {
             let x = point(&src, &p)?;
             let ev = eval::evaluate(&p.graph, &x)?;
             let form = anf::abs_normal_form(&p.graph, &ev)?.export();
-            if src.json {
-                println!(
-                    "{}",
-                    serde_json::to_string(&form).map_err(|e| Error::input(e.to_string()))?
-                );
+            let text = if src.json {
+                serde_json::to_string(&form)
             } else {
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(&form).map_err(|e| Error::input(e.to_string()))?
-                );
+                serde_json::to_string_pretty(&form)
             }
+            .map_err(|e| Error::input(e.to_string()))?;
+            emit(&format!("{text}\n"));
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Verify(args) => {
@@ -211,18 +217,32 @@ fn run(cli: Cli) -> Result<ExitCode, Error> {
                 };
                 opts.gradient = Some(parse_numbers(&text, "--gradient")?);
             }
+            opts.check.max_pieces = args.max_pieces;
+            opts.check.max_lps = args.max_lps;
+            if !(args.timeout.is_finite() && args.timeout > 0.0) {
+                return Err(Error::input(
+                    "--timeout must be a positive number of seconds",
+                ));
+            }
+            opts.check.timeout = std::time::Duration::from_secs_f64(args.timeout.min(1e6));
+            opts.check.progress = std::io::stderr().is_terminal();
             let report = kinkcheck::verify(&p, &x, &opts)?;
             if args.src.json {
-                println!(
-                    "{}",
-                    serde_json::to_string(&report).map_err(|e| Error::input(e.to_string()))?
-                );
+                let text =
+                    serde_json::to_string(&report).map_err(|e| Error::input(e.to_string()))?;
+                emit(&format!("{text}\n"));
             } else {
-                print!("{}", report.human());
+                emit(&report.human());
             }
             Ok(ExitCode::from(report.exit_code()))
         }
     }
+}
+
+/// Write to stdout; a closed pipe (`kinkcheck … | head`) is not an error worth a panic.
+fn emit(text: &str) {
+    let mut out = std::io::stdout().lock();
+    let _ = out.write_all(text.as_bytes()).and_then(|_| out.flush());
 }
 
 fn main() -> ExitCode {

@@ -73,6 +73,8 @@ pub struct CheckOptions {
     pub tau_g: f64,
     /// Relative hull / separation tolerance (× max(1, ‖v‖∞, max‖g‖∞)).
     pub tau_rel: f64,
+    /// Show a progress spinner on stderr during long searches (the CLI sets it on a terminal).
+    pub progress: bool,
 }
 
 impl Default for CheckOptions {
@@ -83,6 +85,7 @@ impl Default for CheckOptions {
             timeout: Duration::from_secs(10),
             tau_g: 1e-9,
             tau_rel: 1e-9,
+            progress: false,
         }
     }
 }
@@ -113,6 +116,7 @@ struct Search<'a> {
     truncated: Option<String>,
     pieces: Vec<Piece>,
     unrealized_listed: usize,
+    bar: Option<indicatif::ProgressBar>,
 }
 
 const LIST_UNREALIZED: usize = 64;
@@ -121,6 +125,18 @@ impl Search<'_> {
     fn over_budget(&mut self) -> bool {
         if self.truncated.is_some() {
             return true;
+        }
+        if self.bar.is_none() && self.opts.progress && self.start.elapsed().as_millis() > 300 {
+            let bar = indicatif::ProgressBar::new_spinner();
+            bar.set_message("enumerating pieces");
+            self.bar = Some(bar);
+        }
+        if let Some(bar) = &self.bar {
+            bar.set_message(format!(
+                "enumerating pieces: {} found, {} LPs",
+                self.leaves, self.lps
+            ));
+            bar.tick();
         }
         if self.leaves >= self.opts.max_pieces {
             self.truncated = Some(format!("piece budget ({}) reached", self.opts.max_pieces));
@@ -483,12 +499,16 @@ pub fn check(
         truncated: None,
         pieces: vec![],
         unrealized_listed: 0,
+        bar: None,
     };
     let k = data.k();
     for (b, block) in blocks.iter().enumerate() {
         let mut sigma = vec![0.0; k];
         let mut rows = vec![vec![]; k];
         search.dfs(b, block, 0, &mut sigma, &mut rows, None, false);
+    }
+    if let Some(bar) = search.bar.take() {
+        bar.finish_and_clear();
     }
     out.lps = search.lps;
     out.complete = search.truncated.is_none();
