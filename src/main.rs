@@ -1,11 +1,11 @@
 //! The `kinkcheck` command line (CONTRACT.md §2): a thin layer over the library.
 
 use clap::{Args, Parser, Subcommand};
-use kinkcheck::frontend::network::{Data, Loss, Network, Wrt};
-use kinkcheck::frontend::{onnx, onnx_proto};
+use kinkcheck::frontend;
+use kinkcheck::frontend::network::{Loss, Wrt};
 use kinkcheck::{anf, eval, Convention, Error, Problem, VerifyOptions};
 use std::io::{IsTerminal, Write};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 #[derive(Parser)]
@@ -98,71 +98,16 @@ fn parse_numbers(text: &str, what: &str) -> Result<Vec<f64>, Error> {
         .collect()
 }
 
-fn read_text(path: &Path) -> Result<String, Error> {
-    std::fs::read_to_string(path)
-        .map_err(|e| Error::input(format!("cannot read {}: {e}", path.display())))
-}
-
-fn at_path(path: &Path, e: Error) -> Error {
-    Error::input(format!("{}: {e}", path.display()))
-}
-
 fn load(src: &SourceArgs) -> Result<Problem, Error> {
     let wrt: Option<Wrt> = src.wrt.as_deref().map(str::parse).transpose()?;
     let loss: Option<Loss> = src.loss.as_deref().map(str::parse).transpose()?;
-    let data = match &src.data {
-        Some(path) => Some(Data::from_json(&read_text(path)?).map_err(|e| at_path(path, e))?),
-        None => None,
-    };
     let network_flags = src.data.is_some() || wrt.is_some() || loss.is_some();
-    let no_network_flags = || {
-        if network_flags {
-            Err(Error::input(
-                "--data, --wrt and --loss apply to network descriptions (.json) and ONNX models (.onnx) only",
-            ))
-        } else {
-            Ok(())
-        }
-    };
     match (&src.expr, &src.source) {
-        (Some(text), _) => {
-            no_network_flags()?;
-            kinkcheck::compile(text)
-        }
-        (None, Some(path)) => {
-            let ext = path
-                .extension()
-                .and_then(|e| e.to_str())
-                .unwrap_or("")
-                .to_ascii_lowercase();
-            match ext.as_str() {
-                "json" => {
-                    let net =
-                        Network::from_json(&read_text(path)?).map_err(|e| at_path(path, e))?;
-                    net.problem(data.as_ref(), wrt, loss)
-                        .map_err(|e| at_path(path, e))
-                }
-                "onnx" => {
-                    let bytes = std::fs::read(path).map_err(|e| {
-                        Error::input(format!("cannot read {}: {e}", path.display()))
-                    })?;
-                    let model = onnx_proto::decode(&bytes).map_err(|e| at_path(path, e.into()))?;
-                    let data = data.ok_or_else(|| {
-                        Error::input(format!(
-                            "{}: ONNX models need a batch: give --data FILE",
-                            path.display()
-                        ))
-                    })?;
-                    onnx::problem(&model, &data, wrt, loss).map_err(|e| at_path(path, e))
-                }
-                _ => {
-                    no_network_flags()?;
-                    let text = read_text(path)?;
-                    kinkcheck::compile(&text)
-                        .map_err(|e| Error::input(format!("{}:{e}", path.display())))
-                }
-            }
-        }
+        (Some(_), _) if network_flags => Err(Error::input(
+            "--data, --wrt and --loss apply to network descriptions (.json) and ONNX models (.onnx) only",
+        )),
+        (Some(text), _) => kinkcheck::compile(text),
+        (None, Some(path)) => frontend::load(path, src.data.as_deref(), wrt, loss),
         (None, None) => Err(Error::input("give a SOURCE file or --expr 'TEXT'")),
     }
 }

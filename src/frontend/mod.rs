@@ -11,7 +11,10 @@ pub mod program;
 
 pub use program::compile;
 
+use crate::error::Error;
 use crate::graph::Graph;
+use network::{Data, Loss, Network, Wrt};
+use std::path::Path;
 
 /// A scalar objective ready for checking: its graph, the names of its variables (in the
 /// order of the gradient), and the point the source carries, if any (network weights).
@@ -20,4 +23,84 @@ pub struct Problem {
     pub graph: Graph,
     pub var_names: Vec<String>,
     pub point: Option<Vec<f64>>,
+}
+
+fn read_text(path: &Path) -> Result<String, Error> {
+    std::fs::read_to_string(path)
+        .map_err(|e| Error::input(format!("cannot read {}: {e}", path.display())))
+}
+
+fn at_path(path: &Path, e: Error) -> Error {
+    Error::input(format!("{}: {e}", path.display()))
+}
+
+/// Load a source file by its extension: a network description (`.json`), an ONNX model
+/// (`.onnx`, which needs `data`), or a `.kc` program (anything else). `data` (a
+/// `{"inputs":..,"targets":..}` file), `wrt` and `loss` override the description's own
+/// (CONTRACT §2, §4); they are an error for programs.
+///
+/// ```
+/// use kinkcheck::{frontend, report::Verdict, Convention, VerifyOptions};
+/// use std::path::Path;
+/// let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures");
+/// // THEORY E13: two identical samples sharing a bias; PyTorch's choice is safe
+/// let p = frontend::load(&dir.join("networks/e13.json"), None, None, None).unwrap();
+/// let x = p.point.clone().unwrap();
+/// let r = kinkcheck::verify(&p, &x, &VerifyOptions::new(Convention::pytorch())).unwrap();
+/// assert_eq!(r.verdict, Verdict::In);
+/// // THEORY E14 as an ONNX model with a batch, differentiated with respect to its inputs
+/// let p = frontend::load(
+///     &dir.join("onnx/e14_maxpool.onnx"),
+///     Some(&dir.join("networks/e14_data.json")),
+///     Some(frontend::network::Wrt::Inputs),
+///     None,
+/// )
+/// .unwrap();
+/// let r = kinkcheck::verify(&p, &p.point.clone().unwrap(), &VerifyOptions::new(Convention::pytorch())).unwrap();
+/// assert_eq!(r.gradient, vec![2.0, 0.0]);
+/// assert_eq!(r.verdict, Verdict::Out);
+/// ```
+pub fn load(
+    path: &Path,
+    data: Option<&Path>,
+    wrt: Option<Wrt>,
+    loss: Option<Loss>,
+) -> Result<Problem, Error> {
+    let data = match data {
+        Some(d) => Some(Data::from_json(&read_text(d)?).map_err(|e| at_path(d, e))?),
+        None => None,
+    };
+    let ext = path
+        .extension()
+        .and_then(|e| e.to_str())
+        .unwrap_or("")
+        .to_ascii_lowercase();
+    match ext.as_str() {
+        "json" => {
+            let net = Network::from_json(&read_text(path)?).map_err(|e| at_path(path, e))?;
+            net.problem(data.as_ref(), wrt, loss)
+                .map_err(|e| at_path(path, e))
+        }
+        "onnx" => {
+            let bytes = std::fs::read(path)
+                .map_err(|e| Error::input(format!("cannot read {}: {e}", path.display())))?;
+            let model = onnx_proto::decode(&bytes).map_err(|e| at_path(path, e.into()))?;
+            let data = data.ok_or_else(|| {
+                Error::input(format!(
+                    "{}: ONNX models need a batch: give --data FILE",
+                    path.display()
+                ))
+            })?;
+            onnx::problem(&model, &data, wrt, loss).map_err(|e| at_path(path, e))
+        }
+        _ => {
+            if data.is_some() || wrt.is_some() || loss.is_some() {
+                return Err(Error::input(
+                    "--data, --wrt and --loss apply to network descriptions (.json) and ONNX models (.onnx) only",
+                ));
+            }
+            let text = read_text(path)?;
+            compile(&text).map_err(|e| Error::input(format!("{}:{e}", path.display())))
+        }
+    }
 }
