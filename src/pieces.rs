@@ -428,16 +428,16 @@ fn blocks(data: &ActiveData, space: &ReducedSpace, st: &Structure) -> Vec<Vec<us
     out
 }
 
-/// An orthonormal basis (r × r_B) of the span of the block's reduced rows U_B.
+/// An orthonormal basis (r × r_B) of the span of the block's reduced rows U_B: eigenvectors
+/// of U_Bᵀ U_B (r × r) with eigenvalues above the rank threshold.
 fn block_basis(space: &ReducedSpace, block: &[usize]) -> DMatrix<f64> {
     let m = DMatrix::from_fn(space.r, block.len(), |c, j| space.u[(block[j], c)]);
-    let svd = m.svd(true, false);
-    let smax = svd.singular_values.iter().cloned().fold(0.0, f64::max);
-    let u = svd.u.unwrap_or_else(|| DMatrix::zeros(space.r, 0));
-    let cols: Vec<usize> = (0..svd.singular_values.len())
-        .filter(|&i| smax > 0.0 && svd.singular_values[i] > 1e-9 * smax)
+    let (vals, vecs) = crate::reduced::sym_eigen(&(&m * m.transpose()));
+    let vmax = vals.iter().cloned().fold(0.0, f64::max);
+    let cols: Vec<usize> = (0..vals.len())
+        .filter(|&i| vmax > 0.0 && vals[i] > 1e-14 * vmax)
         .collect();
-    DMatrix::from_fn(space.r, cols.len(), |i, j| u[(i, cols[j])])
+    DMatrix::from_fn(space.r, cols.len(), |i, j| vecs[(i, cols[j])])
 }
 
 /// Decide whether `v` lies in the Clarke subdifferential of the first-order model.

@@ -18,6 +18,85 @@ use crate::anf::ActiveData;
 use crate::lp::{self, LpError};
 use nalgebra::{DMatrix, SymmetricEigen};
 
+/// Symmetric eigendecomposition `a = V diag(λ) Vᵀ` (columns of V are eigenvectors), checked:
+/// nalgebra's `SymmetricEigen` is tried first and its reconstruction verified (it mispairs
+/// eigenvalues and eigenvectors on some sparse matrices, e.g. the Gram matrix of
+/// `[3, 1, 0, 2]ᵀ ⊕ [1]`); on failure, cyclic Jacobi rotations, which are slower but reliable.
+pub fn sym_eigen(a: &DMatrix<f64>) -> (Vec<f64>, DMatrix<f64>) {
+    let n = a.nrows();
+    let scale = a
+        .iter()
+        .fold(0.0f64, |m, v| m.max(v.abs()))
+        .max(f64::MIN_POSITIVE);
+    let ok = |vals: &[f64], vecs: &DMatrix<f64>| {
+        let d = DMatrix::from_diagonal(&nalgebra::DVector::from_column_slice(vals));
+        let r = vecs * d * vecs.transpose() - a;
+        let orth = vecs.transpose() * vecs - DMatrix::identity(n, n);
+        vals.iter().all(|v| v.is_finite())
+            && r.iter().all(|v| v.abs() <= 1e-10 * scale)
+            && orth.iter().all(|v| v.abs() <= 1e-10)
+    };
+    let e = SymmetricEigen::new(a.clone());
+    let vals: Vec<f64> = e.eigenvalues.iter().copied().collect();
+    if ok(&vals, &e.eigenvectors) {
+        return (vals, e.eigenvectors);
+    }
+    jacobi(a)
+}
+
+/// Cyclic Jacobi eigenvalue iteration for a symmetric matrix.
+fn jacobi(a0: &DMatrix<f64>) -> (Vec<f64>, DMatrix<f64>) {
+    let n = a0.nrows();
+    let mut a = a0.clone();
+    let mut v = DMatrix::<f64>::identity(n, n);
+    let total: f64 = a.iter().map(|x| x * x).sum();
+    for _sweep in 0..100 {
+        let mut off = 0.0;
+        for p in 0..n {
+            for q in 0..n {
+                if p != q {
+                    off += a[(p, q)] * a[(p, q)];
+                }
+            }
+        }
+        if off <= 1e-32 * total || off == 0.0 {
+            break;
+        }
+        for p in 0..n {
+            for q in p + 1..n {
+                let apq = a[(p, q)];
+                if apq == 0.0 {
+                    continue;
+                }
+                let theta = (a[(q, q)] - a[(p, p)]) / (2.0 * apq);
+                let t = if theta == 0.0 {
+                    1.0
+                } else {
+                    theta.signum() / (theta.abs() + (theta * theta + 1.0).sqrt())
+                };
+                let c = 1.0 / (t * t + 1.0).sqrt();
+                let s = t * c;
+                for k in 0..n {
+                    let (akp, akq) = (a[(k, p)], a[(k, q)]);
+                    a[(k, p)] = c * akp - s * akq;
+                    a[(k, q)] = s * akp + c * akq;
+                }
+                for k in 0..n {
+                    let (apk, aqk) = (a[(p, k)], a[(q, k)]);
+                    a[(p, k)] = c * apk - s * aqk;
+                    a[(q, k)] = s * apk + c * aqk;
+                }
+                for k in 0..n {
+                    let (vkp, vkq) = (v[(k, p)], v[(k, q)]);
+                    v[(k, p)] = c * vkp - s * vkq;
+                    v[(k, q)] = s * vkp + c * vkq;
+                }
+            }
+        }
+    }
+    ((0..n).map(|i| a[(i, i)]).collect(), v)
+}
+
 /// Relative threshold under which a singular value of J_α counts as zero for the rank.
 pub const RANK_TOL: f64 = 1e-7;
 /// Relative smallest singular value needed for LIKQ; between [`RANK_TOL`] and this value the
@@ -62,13 +141,10 @@ impl ReducedSpace {
                 gram[(j, i)] = v;
             }
         }
-        let eig = SymmetricEigen::new(gram);
+        let (evals, evecs) = sym_eigen(&gram);
         let mut order: Vec<usize> = (0..k).collect();
-        order.sort_by(|&a, &b| eig.eigenvalues[b].total_cmp(&eig.eigenvalues[a]));
-        let singular: Vec<f64> = order
-            .iter()
-            .map(|&i| eig.eigenvalues[i].max(0.0).sqrt())
-            .collect();
+        order.sort_by(|&a, &b| evals[b].total_cmp(&evals[a]));
+        let singular: Vec<f64> = order.iter().map(|&i| evals[i].max(0.0).sqrt()).collect();
         let smax = singular[0];
         let keep: Vec<usize> = order
             .iter()
@@ -80,9 +156,9 @@ impl ReducedSpace {
         let mut u = DMatrix::zeros(k, r);
         let mut w = DMatrix::zeros(k, r);
         for (c, &i) in keep.iter().enumerate() {
-            let s = eig.eigenvalues[i].sqrt();
+            let s = evals[i].sqrt();
             for row in 0..k {
-                let v = eig.eigenvectors[(row, i)];
+                let v = evecs[(row, i)];
                 u[(row, c)] = v * s;
                 w[(row, c)] = v / s;
             }
@@ -199,5 +275,34 @@ impl ReducedSpace {
         let rho = self.strict_rows(&rows, sigma, &all);
         let m = lp::strict_margin(&rho, self.r)?;
         Ok((m.t, m.e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn eigen_is_checked_and_repaired() {
+        // nalgebra 0.33 mispairs this one
+        let m = DMatrix::from_row_slice(
+            4,
+            4,
+            &[
+                9., 3., 0., 6., 3., 1., 0., 2., 0., 0., 1., 0., 6., 2., 0., 4.,
+            ],
+        );
+        let (vals, vecs) = sym_eigen(&m);
+        let r = &vecs
+            * DMatrix::from_diagonal(&nalgebra::DVector::from_vec(vals.clone()))
+            * vecs.transpose();
+        assert!((r - &m).abs().max() < 1e-10);
+        let mut v = vals;
+        v.sort_by(f64::total_cmp);
+        assert!(v[0].abs() < 1e-12 && v[1].abs() < 1e-12);
+        assert!((v[2] - 1.0).abs() < 1e-12 && (v[3] - 14.0).abs() < 1e-12);
+        let (jv, jvec) = jacobi(&m);
+        let r = &jvec * DMatrix::from_diagonal(&nalgebra::DVector::from_vec(jv)) * jvec.transpose();
+        assert!((r - m).abs().max() < 1e-12);
     }
 }
