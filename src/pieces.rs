@@ -419,11 +419,47 @@ fn blocks(data: &ActiveData, space: &ReducedSpace, st: &Structure) -> Vec<Vec<us
         }
         out[idx[r]].push(i);
     }
-    if out.len() > 1 {
-        let total: usize = out.iter().map(|b| block_basis(space, b).ncols()).sum();
-        if total != space.r {
+    // (D): the row spaces must form a direct sum. While they do not, a null vector of the
+    // stacked bases names the dependent blocks; merge those (THEORY §6.4).
+    while out.len() > 1 {
+        let bases: Vec<DMatrix<f64>> = out.iter().map(|b| block_basis(space, b)).collect();
+        let total: usize = bases.iter().map(|m| m.ncols()).sum();
+        if total <= space.r {
+            break;
+        }
+        let mut stacked = DMatrix::zeros(space.r, total);
+        let mut owner = Vec::with_capacity(total);
+        let mut c0 = 0;
+        for (b, m) in bases.iter().enumerate() {
+            stacked.view_mut((0, c0), (space.r, m.ncols())).copy_from(m);
+            owner.extend(std::iter::repeat_n(b, m.ncols()));
+            c0 += m.ncols();
+        }
+        let (vals, vecs) = crate::reduced::sym_eigen(&(stacked.transpose() * &stacked));
+        let imin = (0..vals.len())
+            .min_by(|&a, &b| vals[a].total_cmp(&vals[b]))
+            .unwrap_or(0);
+        let null = vecs.column(imin);
+        let mut merge: Vec<usize> = (0..total)
+            .filter(|&c| null[c].abs() > 1e-8)
+            .map(|c| owner[c])
+            .collect();
+        merge.sort_unstable();
+        merge.dedup();
+        if merge.len() < 2 {
             return vec![(0..k).collect()];
         }
+        let mut merged: Vec<usize> = merge.iter().flat_map(|&b| out[b].clone()).collect();
+        merged.sort_unstable();
+        let mut next: Vec<Vec<usize>> = out
+            .iter()
+            .enumerate()
+            .filter(|(b, _)| !merge.contains(b))
+            .map(|(_, v)| v.clone())
+            .collect();
+        next.push(merged);
+        next.sort_by_key(|b| b[0]);
+        out = next;
     }
     out
 }
