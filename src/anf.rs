@@ -223,6 +223,13 @@ impl ActiveData {
             }
         }
         let out = sw.sweep(Seed::Output, &rules)?;
+        let finite = |v: &[f64]| v.iter().all(|c| c.is_finite());
+        if !finite(&out.grad) || j.iter().any(|r| !finite(r)) || lhat.iter().any(|r| !finite(r)) {
+            return Err(EvalError::Undefined {
+                place: "abs-normal form".into(),
+                what: "a derivative overflows (is not finite) at this point".into(),
+            });
+        }
         let mut bhat = vec![0.0; k];
         for (t, v) in out.stopped {
             bhat[pos[t.0]] = v;

@@ -235,6 +235,11 @@ pub fn verify(problem: &Problem, point: &[f64], opts: &VerifyOptions) -> Result<
         }
         None => eval::ad(g, &ev, &states, &opts.convention)?,
     };
+    if gradient.iter().any(|c| !c.is_finite()) {
+        return Err(Error::input(
+            "the AD vector overflows (an entry is not finite) at this point",
+        ));
+    }
     let exact: Vec<SwitchId> = states
         .iter()
         .filter(|s| s.activity == Activity::Active)
@@ -554,6 +559,12 @@ impl Report {
         let _ = writeln!(s, "verdict: {word}");
         let _ = writeln!(s, "  because {}", self.reason);
         match &self.certificate {
+            Some(CertificateReport::Weights { weights, .. }) if weights.is_empty() => {
+                let _ = writeln!(
+                    s,
+                    "  certificate: f is differentiable at the point and v is its gradient"
+                );
+            }
             Some(CertificateReport::Weights { weights, pieces }) => {
                 let parts: Vec<String> = pieces
                     .iter()
