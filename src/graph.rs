@@ -179,6 +179,14 @@ pub enum Origin {
 }
 
 impl Origin {
+    /// The source column, for program switches.
+    pub fn column(&self) -> Option<u32> {
+        match self {
+            Origin::Source { col, .. } => Some(*col),
+            _ => None,
+        }
+    }
+
     /// The *op site* of element `elem`: the same network unit, loss term or ONNX node element
     /// in every sample of a batch has the same site (THEORY §5.2, choosing classes). Program
     /// switches have no site.
@@ -191,11 +199,11 @@ impl Origin {
         }
     }
 
-    /// Human description of element `elem` of a node with this origin (`"line 2"`,
-    /// `"sample 0, layer 1 (relu), unit 3"`).
+    /// Human description of element `elem` of a node with this origin (`"line 2"`, as in
+    /// CONTRACT §3; `"sample 0, layer 1 (relu), unit 3"`). The column is in [`Origin::column`].
     pub fn describe(&self, elem: usize, len: usize) -> String {
         match self {
-            Origin::Source { line, col } => format!("line {line}:{col}"),
+            Origin::Source { line, .. } => format!("line {line}"),
             Origin::Layer {
                 sample,
                 layer,

@@ -58,6 +58,9 @@ pub struct ActiveSwitch {
     /// Where it comes from (`"line 2:5"`, `"sample 0, layer 1 (relu), unit 3"`).
     #[serde(rename = "where")]
     pub place: String,
+    /// The column of the kink function's name in the program line (programs only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub column: Option<u32>,
     /// `"active"` (z = 0 exactly), `"near"` (inside the tolerance band) or `"degenerate"`
     /// (active, but ż ≡ 0 on every piece, so it is dropped from α).
     pub status: String,
@@ -426,6 +429,7 @@ fn describe_switch(g: &Graph, s: &SwitchState, status: &str, sigma: Option<f64>)
         role: an.role.name().to_string(),
         z: s.z,
         place: an.origin.describe(e, g.len(an.node)),
+        column: an.origin.column(),
         status: status.to_string(),
         sigma,
     }
@@ -507,7 +511,10 @@ impl Report {
                     a.switch,
                     a.role,
                     num(a.z),
-                    a.place,
+                    match a.column {
+                        Some(c) => format!("{}:{c}", a.place),
+                        None => a.place.clone(),
+                    },
                     a.status,
                     sig
                 );
