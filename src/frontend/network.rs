@@ -746,16 +746,27 @@ impl Network {
             let target = data.targets.as_ref().map(|t| t[s].as_slice());
             losses.push(sample_loss(&mut g, s, h, target, loss)?);
         }
-        g.set_origin(Origin::Internal);
-        let all = g.concat(losses)?;
-        let total = g.sum(all);
-        g.set_output(total)?;
-        Ok(Problem {
-            graph: g,
-            var_names,
-            point: Some(point),
-        })
+        objective(g, losses, var_names, point)
     }
+}
+
+/// The objective of CONTRACT §4: the sum of the per-sample losses, as a [`Problem`] carrying
+/// its point.
+pub(crate) fn objective(
+    mut g: Graph,
+    losses: Vec<NodeId>,
+    var_names: Vec<String>,
+    point: Vec<f64>,
+) -> Result<Problem, Error> {
+    g.set_origin(Origin::Internal);
+    let all = g.concat(losses)?;
+    let total = g.sum(all);
+    g.set_output(total)?;
+    Ok(Problem {
+        graph: g,
+        var_names,
+        point: Some(point),
+    })
 }
 
 /// The loss of one sample with output node `out` (checked against the target beforehand by

@@ -288,15 +288,7 @@ pub fn problem(
         let target = data.targets.as_ref().map(|t| t[s].as_slice());
         losses.push(sample_loss(&mut g, s, out.node, target, loss)?);
     }
-    g.set_origin(Origin::Internal);
-    let all = g.concat(losses)?;
-    let total = g.sum(all);
-    g.set_output(total)?;
-    Ok(Problem {
-        graph: g,
-        var_names,
-        point: Some(point),
-    })
+    super::network::objective(g, losses, var_names, point)
 }
 
 /// The operators [`problem`] lowers.
