@@ -1,10 +1,15 @@
-//! Evaluation plus one backward sweep on growing scalar programs (10^2 … 10^6 nodes), reported
-//! by criterion as time per node (throughput in elements = graph nodes).
+//! Evaluation plus one backward sweep on growing scalar programs (10^2 … 10^7 nodes), reported
+//! by criterion as time per node (throughput in elements = graph nodes). The 10^7-node chain
+//! takes about 2 GB and half a second per iteration; sizes from 10^6 up use flat sampling (the
+//! same iteration count in each of the ten samples) so the whole bench takes about a minute.
 
-use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use criterion::{
+    criterion_group, criterion_main, BenchmarkId, Criterion, SamplingMode, Throughput,
+};
 use kinkcheck::eval::{self, ReverseSweeper, Seed};
 use kinkcheck::graph::{Graph, Origin, Smooth};
 use kinkcheck::{lower, Convention};
+use std::time::Duration;
 
 /// A scalar chain of `~nodes` nodes mixing smooth ops and kinks over 8 variables.
 pub fn chain(nodes: usize) -> Graph {
@@ -32,8 +37,13 @@ pub fn chain(nodes: usize) -> Graph {
 fn bench(c: &mut Criterion) {
     let mut group = c.benchmark_group("eval_plus_backward");
     group.sample_size(10);
-    for &size in &[100usize, 10_000, 1_000_000] {
+    for &size in &[100usize, 1_000, 10_000, 100_000, 1_000_000, 10_000_000] {
         let g = chain(size);
+        if size >= 1_000_000 {
+            group.sampling_mode(SamplingMode::Flat);
+            group.warm_up_time(Duration::from_secs(1));
+            group.measurement_time(Duration::from_secs(if size >= 10_000_000 { 12 } else { 5 }));
+        }
         let x: Vec<f64> = (0..8).map(|i| 0.1 * i as f64 - 0.3).collect();
         group.throughput(Throughput::Elements(g.nodes().len() as u64));
         group.bench_with_input(BenchmarkId::from_parameter(size), &g, |b, g| {

@@ -250,19 +250,38 @@ pub fn evaluate(g: &Graph, x: &[f64]) -> Result<Evaluation, EvalError> {
 }
 
 fn dot(a: &[f64], b: &[f64]) -> f64 {
-    // four accumulators: lets the compiler vectorize
-    let mut acc = [0.0f64; 4];
-    let chunks = a.len() / 4;
-    for c in 0..chunks {
-        for l in 0..4 {
-            acc[l] += a[4 * c + l] * b[4 * c + l];
+    // independent accumulators over exact chunks: lets the compiler vectorize
+    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
+    let (ra, rb) = (ca.remainder(), cb.remainder());
+    let mut acc = [0.0f64; 8];
+    for (x, y) in ca.zip(cb) {
+        for l in 0..8 {
+            acc[l] += x[l] * y[l];
         }
     }
-    let mut s = (acc[0] + acc[1]) + (acc[2] + acc[3]);
-    for k in 4 * chunks..a.len() {
-        s += a[k] * b[k];
+    let mut s = ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
+    for (x, y) in ra.iter().zip(rb) {
+        s += x * y;
     }
     s
+}
+
+/// `y += a·x`.
+fn axpy(a: f64, x: &[f64], y: &mut [f64]) {
+    for (y, x) in y.iter_mut().zip(x) {
+        *y += a * x;
+    }
+}
+
+/// Two disjoint mutable windows `(offset, len)` of `v` (the slots of two different nodes).
+fn disjoint_mut(v: &mut [f64], a: (usize, usize), b: (usize, usize)) -> (&mut [f64], &mut [f64]) {
+    if a.0 < b.0 {
+        let (lo, hi) = v.split_at_mut(b.0);
+        (&mut lo[a.0..a.0 + a.1], &mut hi[..b.1])
+    } else {
+        let (lo, hi) = v.split_at_mut(a.0);
+        (&mut hi[..a.1], &mut lo[b.0..b.0 + b.1])
+    }
 }
 
 fn logsumexp(v: &[f64]) -> f64 {
@@ -308,8 +327,10 @@ pub fn magnitudes(g: &Graph, ev: &Evaluation) -> Vec<f64> {
             }
             Op::MatVec { w, x, rows } => {
                 let ((ow, _), (ox, lx)) = (slot(*w), slot(*x));
+                let (lo, hi) = m.split_at_mut(off);
+                let xm = &lo[ox..ox + lx];
                 for r in 0..*rows {
-                    m[off + r] = (0..lx).map(|j| m[ow + r * lx + j] * m[ox + j]).sum::<f64>();
+                    hi[r] = dot(&lo[ow + r * lx..ow + (r + 1) * lx], xm);
                 }
             }
             Op::Sum(a) => {
@@ -518,18 +539,32 @@ impl<'a> ReverseSweeper<'a> {
                     let ((ow, _), (ox, lx)) = (slot(*w), slot(*x));
                     let wdep = g.node(*w).depends;
                     let xdep = g.node(*x).depends;
-                    for r in 0..*rows {
-                        let l = adj[off + r];
-                        if l == 0.0 {
-                            continue;
-                        }
-                        if wdep {
-                            for j in 0..lx {
-                                adj[ow + r * lx + j] += l * vals[ox + j];
+                    if w != x {
+                        // The slots of the output, W and x are disjoint: split the adjoint
+                        // buffer so that both updates are plain (vectorized) axpys.
+                        let (lo, hi) = adj.split_at_mut(off);
+                        let ladj = &hi[..*rows];
+                        let (aw, ax) = disjoint_mut(lo, (ow, rows * lx), (ox, lx));
+                        let xv = &vals[ox..ox + lx];
+                        for (r, &l) in ladj.iter().enumerate() {
+                            if l == 0.0 {
+                                continue;
+                            }
+                            if wdep {
+                                axpy(l, xv, &mut aw[r * lx..(r + 1) * lx]);
+                            }
+                            if xdep {
+                                axpy(l, &vals[ow + r * lx..ow + (r + 1) * lx], ax);
                             }
                         }
-                        if xdep {
+                    } else {
+                        for r in 0..*rows {
+                            let l = adj[off + r];
+                            if l == 0.0 {
+                                continue;
+                            }
                             for j in 0..lx {
+                                adj[ow + r * lx + j] += l * vals[ox + j];
                                 adj[ox + j] += l * vals[ow + r * lx + j];
                             }
                         }
