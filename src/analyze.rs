@@ -262,7 +262,7 @@ fn find(parent: &mut [usize], i: usize) -> usize {
 
 /// If rows i and j of J_α are parallel (J_j = λ J_i, λ ≠ 0), the sign of λ.
 fn parallel(data: &ActiveData, i: usize, j: usize) -> Option<f64> {
-    let (ni, nj) = (&data.nnz[i], &data.nnz[j]);
+    let (ni, nj) = (&data.j[i].idx, &data.j[j].idx);
     if ni.is_empty() || ni.len() != nj.len() || ni[0] != nj[0] {
         return None;
     }
@@ -430,7 +430,7 @@ fn private_directions(data: &ActiveData, classes: &[Class], reach: &[Vec<bool>])
     let mut first = vec![usize::MAX; n];
     for i in 0..k {
         let r = rank_of[class_of[i]];
-        for &p in &data.nnz[i] {
+        for &p in &data.j[i].idx {
             if r < first[p] {
                 first[p] = r;
             }
@@ -439,7 +439,7 @@ fn private_directions(data: &ActiveData, classes: &[Class], reach: &[Vec<bool>])
     let mut used = Vec::with_capacity(m);
     for (r, &c) in order.iter().enumerate() {
         let cl = &classes[c];
-        let p = data.nnz[cl.members[0]].iter().copied().find(|&p| {
+        let p = data.j[cl.members[0]].idx.iter().copied().find(|&p| {
             if first[p] != r {
                 return false;
             }

@@ -175,6 +175,58 @@ impl AbsNormalForm {
     }
 }
 
+/// A sparse row of length `len`: the nonzero entries at ascending indices `idx`. Rows of J_α
+/// are sparse in networks (a first-layer switch of one sample touches only its unit's weights
+/// and bias), so they are stored this way; `row[p]` reads an entry (0 where none is stored).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct SparseRow {
+    pub len: usize,
+    pub idx: Vec<usize>,
+    pub val: Vec<f64>,
+}
+
+impl SparseRow {
+    /// The nonzero entries of a dense row.
+    pub fn from_dense(v: &[f64]) -> Self {
+        let idx: Vec<usize> = (0..v.len()).filter(|&p| v[p] != 0.0).collect();
+        let val = idx.iter().map(|&p| v[p]).collect();
+        SparseRow {
+            len: v.len(),
+            idx,
+            val,
+        }
+    }
+
+    /// The dense row.
+    pub fn to_dense(&self) -> Vec<f64> {
+        let mut d = vec![0.0; self.len];
+        for (&p, &v) in self.idx.iter().zip(&self.val) {
+            d[p] = v;
+        }
+        d
+    }
+
+    /// Is every entry zero?
+    pub fn is_zero(&self) -> bool {
+        self.idx.is_empty()
+    }
+
+    /// `(index, value)` of the nonzero entries.
+    pub fn entries(&self) -> impl Iterator<Item = (usize, f64)> + '_ {
+        self.idx.iter().copied().zip(self.val.iter().copied())
+    }
+}
+
+impl std::ops::Index<usize> for SparseRow {
+    type Output = f64;
+    fn index(&self, p: usize) -> &f64 {
+        match self.idx.binary_search(&p) {
+            Ok(k) => &self.val[k],
+            Err(_) => &0.0,
+        }
+    }
+}
+
 /// The reduced active data (J_α, L̂, g0, b̂) on an active set α, in evaluation order.
 #[derive(Debug, Clone)]
 pub struct ActiveData {
@@ -182,17 +234,14 @@ pub struct ActiveData {
     pub active: Vec<SwitchId>,
     /// Active switches removed because ż ≡ 0 on every piece (zero rows of J_α and L̂).
     pub degenerate: Vec<SwitchId>,
-    /// Rows of J_α = [(I − LΣ)⁻¹Z]_α (k × n, dense rows).
-    pub j: Vec<Vec<f64>>,
+    /// Rows of J_α = [(I − LΣ)⁻¹Z]_α (k × n, sparse rows).
+    pub j: Vec<SparseRow>,
     /// L̂ = [(I − LΣ)⁻¹L]_αα (k × k, strictly lower), row-major.
     pub lhat: Vec<Vec<f64>>,
     /// g0 = a + bΣ(I − LΣ)⁻¹Z.
     pub g0: Vec<f64>,
     /// b̂ = b_α + bΣ(I − LΣ)⁻¹L_α.
     pub bhat: Vec<f64>,
-    /// Column indices of the nonzero entries of each row of J_α (rows are sparse in networks:
-    /// a first-layer switch of one sample touches only its unit's weights and bias).
-    pub nnz: Vec<Vec<usize>>,
 }
 
 impl ActiveData {
@@ -217,14 +266,17 @@ impl ActiveData {
         let mut lhat = vec![vec![0.0; k]; k];
         for (r, &s) in active.iter().enumerate() {
             let adj = sw.sweep(Seed::Switch(s), &rules)?;
-            j.push(adj.grad);
+            j.push(SparseRow::from_dense(&adj.grad));
             for (t, v) in adj.stopped {
                 lhat[r][pos[t.0]] = v;
             }
         }
         let out = sw.sweep(Seed::Output, &rules)?;
         let finite = |v: &[f64]| v.iter().all(|c| c.is_finite());
-        if !finite(&out.grad) || j.iter().any(|r| !finite(r)) || lhat.iter().any(|r| !finite(r)) {
+        if !finite(&out.grad)
+            || j.iter().any(|r| !finite(&r.val))
+            || lhat.iter().any(|r| !finite(r))
+        {
             return Err(EvalError::Undefined {
                 place: "abs-normal form".into(),
                 what: "a derivative overflows (is not finite) at this point".into(),
@@ -241,14 +293,8 @@ impl ActiveData {
             lhat,
             g0: out.grad,
             bhat,
-            nnz: vec![],
         };
         data.remove_degenerate();
-        data.nnz = data
-            .j
-            .iter()
-            .map(|row| (0..row.len()).filter(|&p| row[p] != 0.0).collect())
-            .collect();
         Ok(data)
     }
 
@@ -259,20 +305,26 @@ impl ActiveData {
 
     /// J_α[i] · J_α[j] over the sparse nonzeros.
     pub fn row_dot(&self, i: usize, j: usize) -> f64 {
-        let (a, b) = if self.nnz[i].len() <= self.nnz[j].len() {
-            (i, j)
-        } else {
-            (j, i)
-        };
-        self.nnz[a]
-            .iter()
-            .map(|&p| self.j[a][p] * self.j[b][p])
-            .sum()
+        let (a, b) = (&self.j[i], &self.j[j]);
+        // merge of two ascending index lists
+        let (mut x, mut y, mut s) = (0, 0, 0.0);
+        while x < a.idx.len() && y < b.idx.len() {
+            match a.idx[x].cmp(&b.idx[y]) {
+                std::cmp::Ordering::Less => x += 1,
+                std::cmp::Ordering::Greater => y += 1,
+                std::cmp::Ordering::Equal => {
+                    s += a.val[x] * b.val[y];
+                    x += 1;
+                    y += 1;
+                }
+            }
+        }
+        s
     }
 
     /// J_α[i] · w for a dense w.
     pub fn row_dot_dense(&self, i: usize, w: &[f64]) -> f64 {
-        self.nnz[i].iter().map(|&p| self.j[i][p] * w[p]).sum()
+        self.j[i].entries().map(|(p, v)| v * w[p]).sum()
     }
 
     /// Drop switches with ż ≡ 0 on every piece: a zero row of J_α whose L̂ row only refers to
@@ -281,8 +333,7 @@ impl ActiveData {
         let k = self.active.len();
         let mut degen = vec![false; k];
         for i in 0..k {
-            degen[i] = self.j[i].iter().all(|&c| c == 0.0)
-                && (0..k).all(|t| self.lhat[i][t] == 0.0 || degen[t]);
+            degen[i] = self.j[i].is_zero() && (0..k).all(|t| self.lhat[i][t] == 0.0 || degen[t]);
         }
         if !degen.iter().any(|&d| d) {
             return;
@@ -309,7 +360,7 @@ impl ActiveData {
         let k = self.k();
         let mut zd: Vec<Vec<f64>> = Vec::with_capacity(k);
         for i in 0..k {
-            let mut row = self.j[i].clone();
+            let mut row = self.j[i].to_dense();
             for t in 0..i {
                 let c = self.lhat[i][t] * sigma[t];
                 if c != 0.0 {

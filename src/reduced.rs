@@ -194,8 +194,8 @@ impl ReducedSpace {
         for i in 0..self.k {
             let coef: f64 = (0..self.r).map(|c| self.w[(i, c)] * e[c]).sum();
             if coef != 0.0 {
-                for &p in &data.nnz[i] {
-                    d[p] += coef * data.j[i][p];
+                for (p, v) in data.j[i].entries() {
+                    d[p] += coef * v;
                 }
             }
         }
