@@ -303,7 +303,7 @@ impl ActiveData {
         self.active.len()
     }
 
-    /// J_α[i] · J_α[j] over the sparse nonzeros.
+    /// `J_α[i] · J_α[j]` over the sparse nonzeros.
     pub fn row_dot(&self, i: usize, j: usize) -> f64 {
         let (a, b) = (&self.j[i], &self.j[j]);
         // merge of two ascending index lists
@@ -322,7 +322,7 @@ impl ActiveData {
         s
     }
 
-    /// J_α[i] · w for a dense w.
+    /// `J_α[i] · w` for a dense w.
     pub fn row_dot_dense(&self, i: usize, w: &[f64]) -> f64 {
         self.j[i].entries().map(|(p, v)| v * w[p]).sum()
     }

@@ -1062,3 +1062,42 @@ proptest! {
         prop_assert!((a - b).abs() <= 1e-12 * (1.0 + a.abs()), "{a} vs {b}");
     }
 }
+
+/// The same network as a JSON description and as ONNX (Gemm and MatMul forms) gives the same
+/// report: verdict, checked vector, analyzer outcome, pieces and certificate.
+#[test]
+fn onnx_and_json_give_identical_reports() {
+    let net = net_file("mlp_small.json");
+    let small = onnx_model("mlp_small.onnx");
+    let data =
+        Data::from_json(r#"{"inputs": [[0, 0], [0, 0], [1, 1]], "targets": [[1], [-1], [0]]}"#)
+            .unwrap();
+    let pj = net.problem(Some(&data), Some(Wrt::Params), None).unwrap();
+    let ps = onnx::problem(&small, &data, Some(Wrt::Params), None).unwrap();
+    let x = pj.point.clone().unwrap();
+    let mut compared = 0;
+    for c in conventions() {
+        for gradient in [None, Some(vec![0.5; x.len()])] {
+            let mut o = kinkcheck::VerifyOptions::new(c.clone());
+            o.gradient = gradient.clone();
+            let rj = serde_json::to_value(kinkcheck::verify(&pj, &x, &o).unwrap()).unwrap();
+            let rs = serde_json::to_value(kinkcheck::verify(&ps, &x, &o).unwrap()).unwrap();
+            for key in [
+                "verdict",
+                "gradient",
+                "analyzer",
+                "pieces",
+                "certificate",
+                "blocks",
+            ] {
+                assert_eq!(rj[key], rs[key], "{key} under {} ({gradient:?})", c.name());
+            }
+            assert_eq!(
+                rj["active"].as_array().unwrap().len(),
+                rs["active"].as_array().unwrap().len()
+            );
+            compared += 1;
+        }
+    }
+    assert_eq!(compared, 2 * conventions().len());
+}
