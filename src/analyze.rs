@@ -91,6 +91,29 @@ pub fn analyze(
     sigma: Option<&[f64]>,
     opts: &AnalyzeOptions,
 ) -> Analysis {
+    let mut a = analyze_active(data, space, st, sigma, opts);
+    if !data.degenerate.is_empty() {
+        let ids: Vec<String> = data
+            .degenerate
+            .iter()
+            .map(|s| format!("#{}", s.0))
+            .collect();
+        a.reason = format!(
+            "{}; degenerate switches {} dropped (ż ≡ 0 on every piece, their σ̃ has no effect)",
+            a.reason,
+            ids.join(", ")
+        );
+    }
+    a
+}
+
+fn analyze_active(
+    data: &ActiveData,
+    space: &ReducedSpace,
+    st: &Structure,
+    sigma: Option<&[f64]>,
+    opts: &AnalyzeOptions,
+) -> Analysis {
     let mut out = Analysis {
         guaranteed: false,
         by: None,
