@@ -19,6 +19,7 @@
 
 pub mod analyze;
 pub mod anf;
+pub mod audit;
 pub mod convention;
 pub mod error;
 pub mod eval;

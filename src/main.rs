@@ -25,6 +25,22 @@ enum Cmd {
     Verify(VerifyArgs),
     /// Print the abs-normal form at the point (ADOL-C convention).
     Anf(SourceArgs),
+    /// Audit a training run (JSON lines, one per step, as written by the Python package's
+    /// `kinkcheck.torch.Audit.save`): exit 0 = every step IN, 1 = some step OUT,
+    /// 3 = some UNDECIDED and none OUT.
+    Audit(AuditArgs),
+}
+
+#[derive(Args)]
+struct AuditArgs {
+    /// The run file: one JSON object per audited step.
+    run: PathBuf,
+    /// Print JSON on stdout: {"summary": {..}, "steps": [..]}.
+    #[arg(long)]
+    json: bool,
+    /// Wall-time budget of the LP checker per step, in seconds.
+    #[arg(long, default_value_t = 10.0)]
+    timeout: f64,
 }
 
 #[derive(Args)]
@@ -133,8 +149,46 @@ fn point(src: &SourceArgs, p: &Problem) -> Result<Vec<f64>, Error> {
     Ok(x)
 }
 
+fn audit(args: &AuditArgs) -> Result<ExitCode, Error> {
+    use kinkcheck::audit;
+    let text = std::fs::read_to_string(&args.run)
+        .map_err(|e| Error::input(format!("cannot read {}: {e}", args.run.display())))?;
+    let steps = audit::parse_run(&text)
+        .map_err(|e| Error::input(format!("{}: {e}", args.run.display())))?;
+    if !(args.timeout.is_finite() && args.timeout > 0.0) {
+        return Err(Error::input(
+            "--timeout must be a positive number of seconds",
+        ));
+    }
+    let mut opts = VerifyOptions::new(Convention::pytorch());
+    opts.check.timeout = std::time::Duration::from_secs_f64(args.timeout.min(1e6));
+    let bar = if std::io::stderr().is_terminal() {
+        indicatif::ProgressBar::new(steps.len() as u64)
+    } else {
+        indicatif::ProgressBar::hidden()
+    };
+    let mut records = Vec::with_capacity(steps.len());
+    for step in &steps {
+        let (rec, _) = audit::run_step(step, &opts).map_err(|e| {
+            Error::input(format!("{}: step {}: {e}", args.run.display(), step.step))
+        })?;
+        bar.inc(1);
+        records.push(rec);
+    }
+    bar.finish_and_clear();
+    let summary = audit::Summary::new(&records);
+    if args.json {
+        let v = serde_json::json!({ "summary": summary, "steps": records });
+        emit(&format!("{v}\n"));
+    } else {
+        emit(&summary.table());
+    }
+    Ok(ExitCode::from(summary.exit_code()))
+}
+
 fn run(cli: Cli) -> Result<ExitCode, Error> {
     match cli.cmd {
+        Cmd::Audit(args) => audit(&args),
         Cmd::Anf(src) => {
             let p = load(&src)?;
             let x = point(&src, &p)?;
