@@ -158,6 +158,10 @@ def verify(
     if not torch.isfinite(x).all() or (y is not None and not torch.isfinite(y).all()):
         raise InputError("data: NaN or infinity in the batch")
     model_bytes = export_onnx(m, x)
+    # kinkcheck first: it checks the batch against the model (target lengths, shapes)
+    report = _verify(
+        model_bytes, data=_batch(x, y), wrt=wrt, loss=loss, convention=convention, **options
+    )
 
     # torch.autograd on the same objective
     m.zero_grad(set_to_none=True)
@@ -182,9 +186,6 @@ def verify(
         g_torch = xr.grad.reshape(-1)
     g_torch_np = g_torch.detach().cpu().numpy().astype(np.float64)
 
-    report = _verify(
-        model_bytes, data=_batch(x, y), wrt=wrt, loss=loss, convention=convention, **options
-    )
     diff = _difference(g_torch_np, report.gradient)
     matches = diff <= tolerance
     report._set_extra("matches_framework", bool(matches))
