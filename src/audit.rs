@@ -110,10 +110,7 @@ pub fn decode_base64(text: &str) -> Result<Vec<u8>, Error> {
             _ => None,
         }
     }
-    let body: Vec<u8> = text
-        .bytes()
-        .filter(|c| !c.is_ascii_whitespace())
-        .collect();
+    let body: Vec<u8> = text.bytes().filter(|c| !c.is_ascii_whitespace()).collect();
     let trimmed = body.strip_suffix(b"==").or_else(|| body.strip_suffix(b"="));
     let body = trimmed.unwrap_or(&body);
     if body.len() % 4 == 1 {
@@ -459,13 +456,14 @@ mod tests {
         let e = parse_run("\n# c\n{\"step\": 1}\n").unwrap_err().to_string();
         assert!(e.starts_with("line 3: "), "{e}");
         assert!(parse_run("").is_err());
-        let step = parse_line(
-            r#"{"step": 0, "onnx_base64": "AAAA", "data": {"inputs": [[0]]}}"#,
-        )
-        .unwrap();
+        let step =
+            parse_line(r#"{"step": 0, "onnx_base64": "AAAA", "data": {"inputs": [[0]]}}"#).unwrap();
         let opts = VerifyOptions::new(Convention::pytorch());
         assert!(run_step(&step, &opts).is_err());
         let step = parse_line(r#"{"step": 0, "data": {"inputs": [[0]]}}"#).unwrap();
-        assert!(run_step(&step, &opts).unwrap_err().to_string().contains("no model"));
+        assert!(run_step(&step, &opts)
+            .unwrap_err()
+            .to_string()
+            .contains("no model"));
     }
 }
