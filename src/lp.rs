@@ -580,6 +580,8 @@ mod tests {
     }
 
     proptest! {
+        #![proptest_config(crate::test_support::proptest_config(256, 0x6b63_0301, "proptest-regressions/lp.txt"))]
+
         #[test]
         fn duality_and_certificates((pts, x) in instance()) {
             let d = x.len();

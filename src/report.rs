@@ -131,6 +131,10 @@ pub struct Report {
     pub switches: usize,
 }
 
+/// LP budget of the reporting-only enumeration after a guaranteed IN (k ≤ 12 switches, at most
+/// 64 pieces: the prefix search needs at most 2k·64 = 1536 strict LPs, THEORY §6.3).
+const REPORT_LPS: usize = 1024;
+
 /// Largest n for which piece gradients and witnesses are printed in full.
 const PRINT_N: usize = 10_000;
 
@@ -185,8 +189,10 @@ fn run_stage(
     } else {
         let mut copts = opts.check.clone();
         if analysis.guaranteed {
+            // reporting only: a short enumeration bounded by counts, not by wall time, so
+            // that the report does not depend on the speed of the machine (issue 13)
             copts.max_pieces = copts.max_pieces.min(64);
-            copts.timeout = copts.timeout.min(std::time::Duration::from_millis(500));
+            copts.max_lps = copts.max_lps.min(REPORT_LPS);
         }
         pieces::check(&data, &space, &structure, v, &copts)
     };
