@@ -75,6 +75,9 @@ pub struct CheckOptions {
     pub tau_rel: f64,
     /// Show a progress spinner on stderr during long searches (the CLI sets it on a terminal).
     pub progress: bool,
+    /// Apply the abs-affine sub-system test of THEORY §6.2 (on by default; off reproduces the
+    /// earlier checker, for comparisons in tests and benches).
+    pub abs_affine_subsystem: bool,
 }
 
 impl Default for CheckOptions {
@@ -86,6 +89,7 @@ impl Default for CheckOptions {
             tau_g: 1e-9,
             tau_rel: 1e-9,
             progress: false,
+            abs_affine_subsystem: true,
         }
     }
 }
@@ -120,6 +124,16 @@ struct Search<'a> {
 }
 
 const LIST_UNREALIZED: usize = 64;
+
+/// Outcome of the abs-affine sub-system test.
+enum Sub {
+    /// The restricted strict system holds at this reduced witness.
+    Feasible(Vec<f64>),
+    /// Gordan certifies it infeasible: the prefix is UNREALIZED exactly.
+    Infeasible,
+    /// Inside the tolerance band, or an LP failure.
+    Unknown,
+}
 
 impl Search<'_> {
     fn over_budget(&mut self) -> bool {
@@ -294,7 +308,16 @@ impl Search<'_> {
         for s in order.drain(..) {
             sigma[i] = s;
             if undecided {
-                self.dfs(b, block, d + 1, sigma, rows, None, true);
+                // `witness` is a witness of the abs-affine sub-system of the prefix (or None)
+                if !self.st.affine[i] || zero || !self.opts.abs_affine_subsystem {
+                    self.dfs(b, block, d + 1, sigma, rows, witness, true);
+                    continue;
+                }
+                match self.affine_subsystem(block, d, sigma, rows, witness) {
+                    Sub::Infeasible => self.list_unrealized_subtree(b, block, d + 1, sigma, rows),
+                    Sub::Feasible(e) => self.dfs(b, block, d + 1, sigma, rows, Some(&e), true),
+                    Sub::Unknown => self.dfs(b, block, d + 1, sigma, rows, None, true),
+                }
                 continue;
             }
             let prefix: Vec<usize> = block[..=d].to_vec();
@@ -311,24 +334,82 @@ impl Search<'_> {
                     continue;
                 }
             }
-            let Some((t, e)) = self.strict(&rho) else {
-                self.dfs(b, block, d + 1, sigma, rows, None, true);
-                continue;
-            };
-            if t > TAU_LP {
-                self.dfs(b, block, d + 1, sigma, rows, Some(&e), false);
-                continue;
+            let strict = self.strict(&rho);
+            if let Some((t, e)) = &strict {
+                if *t > TAU_LP {
+                    self.dfs(b, block, d + 1, sigma, rows, Some(e), false);
+                    continue;
+                }
             }
-            self.lps += 1;
-            let gordan = lp::gordan(&rho, self.space.r)
-                .map(|g| g.eps)
-                .unwrap_or(f64::INFINITY);
             let affine = prefix.iter().all(|&j| self.st.affine[j]);
-            if gordan <= self.opts.tau_g && affine {
-                self.list_unrealized_subtree(b, block, d + 1, sigma, rows);
-            } else {
-                self.dfs(b, block, d + 1, sigma, rows, None, true);
+            if strict.is_some() {
+                self.lps += 1;
+                let gordan = lp::gordan(&rho, self.space.r).ok();
+                let eps = gordan.as_ref().map_or(f64::INFINITY, |g| g.eps);
+                // Gordan multipliers on abs-affine rows only certify the abs-affine
+                // sub-system infeasible as well (THEORY §6.2): no further LP
+                let on_affine = || {
+                    let tol = self.space.zero_tol();
+                    let live = prefix.iter().filter(|&&j| lp::max_abs(&rows[j]) > tol);
+                    let y = gordan.as_ref().map_or(&[][..], |g| &g.y[..]);
+                    live.zip(y).all(|(&j, &yj)| yj <= 0.0 || self.st.affine[j])
+                };
+                if eps <= self.opts.tau_g
+                    && (affine || (self.opts.abs_affine_subsystem && on_affine()))
+                {
+                    self.list_unrealized_subtree(b, block, d + 1, sigma, rows);
+                    continue;
+                }
             }
+            // Not PL-realized (or an LP failure): the abs-affine part of the prefix may still
+            // decide exactly (THEORY §6.2); its witness lets the descent skip LPs.
+            if affine || !self.opts.abs_affine_subsystem {
+                self.dfs(b, block, d + 1, sigma, rows, None, true);
+                continue;
+            }
+            match self.affine_subsystem(block, d, sigma, rows, None) {
+                Sub::Infeasible => self.list_unrealized_subtree(b, block, d + 1, sigma, rows),
+                Sub::Feasible(e) => self.dfs(b, block, d + 1, sigma, rows, Some(&e), true),
+                Sub::Unknown => self.dfs(b, block, d + 1, sigma, rows, None, true),
+            }
+        }
+    }
+
+    /// The abs-affine sub-system of the prefix `block[..=d]` (THEORY §6.2): the strict system
+    /// restricted to its abs-affine switches. Every switch upstream of an abs-affine switch is
+    /// abs-affine, so those rows depend only on the signs of abs-affine switches and the PL
+    /// model of z_A is exact near x̂: if the restricted strict system is infeasible (Gordan
+    /// ε* ≤ τ_g), no completion of the prefix is realized, whatever the other switches do.
+    /// `hint`: a witness of the sub-system without the newest row (no LP if it still works).
+    fn affine_subsystem(
+        &mut self,
+        block: &[usize],
+        d: usize,
+        sigma: &[f64],
+        rows: &[Vec<f64>],
+        hint: Option<&[f64]>,
+    ) -> Sub {
+        let a: Vec<usize> = block[..=d]
+            .iter()
+            .copied()
+            .filter(|&j| self.st.affine[j])
+            .collect();
+        let rho = self.space.strict_rows(rows, sigma, &a);
+        if let Some(w) = hint {
+            let t = rho.iter().map(|r| dot(r, w)).fold(f64::INFINITY, f64::min);
+            if t > TAU_LP {
+                return Sub::Feasible(w.to_vec());
+            }
+        }
+        match self.strict(&rho) {
+            Some((t, e)) if t > TAU_LP => return Sub::Feasible(e),
+            Some(_) => {}
+            None => return Sub::Unknown,
+        }
+        self.lps += 1;
+        match lp::gordan(&rho, self.space.r) {
+            Ok(g) if g.eps <= self.opts.tau_g => Sub::Infeasible,
+            _ => Sub::Unknown,
         }
     }
 

@@ -1816,3 +1816,345 @@ fn regression_oracle_coincident_sweeps() {
     )
     .is_ok());
 }
+
+// ---------------------------------------------------------------------------------------------
+// Mixed programs: a non-affine switch beside abs-affine ones (issue 10, THEORY §6.2)
+// ---------------------------------------------------------------------------------------------
+
+/// A program over x1..x4 at a small integer point in which non-affine switches (through sin,
+/// tanh or a product) sit beside abs-affine ones that are opposite, parallel, sums of others or
+/// nested, all exactly on their kinks. Every affine form vanishes at the point exactly.
+fn mixed_case(rng: &mut StdRng) -> Case {
+    let n = 4;
+    let x: Vec<f64> = (0..n)
+        .map(|_| [0.0, 1.0, -1.0, 2.0][rng.gen_range(0..4)])
+        .collect();
+    let dx: Vec<String> = (0..n)
+        .map(|i| match x[i] {
+            v if v == 0.0 => format!("x{}", i + 1),
+            v if v > 0.0 => format!("(x{} - {v})", i + 1),
+            v => format!("(x{} + {})", i + 1, -v),
+        })
+        .collect();
+    // an affine form vanishing at the point, over one to three variables
+    let lin = |rng: &mut StdRng| {
+        let k = rng.gen_range(1..=3);
+        let mut t = Vec::new();
+        for _ in 0..k {
+            let c = COEFS[rng.gen_range(0..COEFS.len())];
+            t.push(format!("{}*{}", num(c), dx[rng.gen_range(0..n)]));
+        }
+        format!("({})", t.join(" + "))
+    };
+    let mut forms: Vec<String> = (0..3).map(|_| lin(rng)).collect();
+    let mut pick = |rng: &mut StdRng, forms: &mut Vec<String>| {
+        if rng.gen_range(0..3) == 0 {
+            let l = lin(rng);
+            forms.push(l.clone());
+            l
+        } else {
+            forms[rng.gen_range(0..forms.len())].clone()
+        }
+    };
+    let mut terms = Vec::new();
+    let mut active = 0;
+    // the non-affine switch(es) first or last: the prefix search sees both orders
+    let nonaffine = |rng: &mut StdRng, a: &str, b: &str, c: &str| match rng.gen_range(0..4) {
+        0 => format!("max({a} + 0.5, {b} + sin({c}) + 0.5)"),
+        1 => format!(
+            "relu({a} + {}*{})",
+            dx[rng.gen_range(0..n)],
+            dx[rng.gen_range(0..n)]
+        ),
+        2 => format!("abs(tanh({a}) + {b})"),
+        _ => format!("relu(sin({a}) + 2*abs({b}))"),
+    };
+    let first = rng.gen_range(0..2) == 0;
+    let pieces = rng.gen_range(2..=4);
+    let mut affine_terms = Vec::new();
+    for _ in 0..pieces {
+        let l = pick(rng, &mut forms);
+        let t = match rng.gen_range(0..6) {
+            // opposite pair
+            0 => {
+                active += 2;
+                format!("relu({l}) + {}*abs(-{l})", num(COEFS[rng.gen_range(0..6)]))
+            }
+            // parallel rows
+            1 => {
+                active += 2;
+                format!("abs({l}) - relu(2*{l})")
+            }
+            // a sum of two forms beside its summands
+            2 => {
+                let m = pick(rng, &mut forms);
+                active += 3;
+                format!("relu({l}) + abs({m}) - 0.5*abs({l} + {m})")
+            }
+            // nested
+            3 => {
+                let m = pick(rng, &mut forms);
+                active += 2;
+                format!("abs({l} + {}*relu({m}))", num(COEFS[rng.gen_range(0..6)]))
+            }
+            4 => {
+                active += 1;
+                format!("relu(-{l})")
+            }
+            _ => {
+                active += 1;
+                format!("max({l}, 0.5*{l})")
+            }
+        };
+        affine_terms.push(format!("{}*({t})", num(COEFS[rng.gen_range(0..6)])));
+    }
+    let (a, b, c) = (
+        pick(rng, &mut forms),
+        pick(rng, &mut forms),
+        pick(rng, &mut forms),
+    );
+    let nl = nonaffine(rng, &a, &b, &c);
+    active += if nl.starts_with("relu(sin") { 2 } else { 1 };
+    if first {
+        terms.push(nl);
+        terms.extend(affine_terms);
+    } else {
+        terms.extend(affine_terms);
+        terms.push(nl);
+    }
+    let names: Vec<String> = (1..=n).map(|i| format!("x{i}")).collect();
+    Case {
+        src: format!("vars {}\nf = {}\n", names.join(", "), terms.join(" + ")),
+        x,
+        active,
+    }
+}
+
+/// Sign patterns of the exactly active switches seen at x̂ + εd (random directions, the axes
+/// and `extra`), skipping samples where one of them is tiny; with the first-order piece
+/// gradient g(σ) of each (THEORY §4), which is exact at x̂ even where f is not PL.
+fn observed_patterns(
+    p: &Problem,
+    x: &[f64],
+    extra: &[Vec<f64>],
+    samples: usize,
+    seed: u64,
+) -> Vec<(Vec<f64>, Vec<f64>)> {
+    let g = &p.graph;
+    let n = x.len();
+    let data = active_data(p, x);
+    let mut rng = StdRng::seed_from_u64(seed);
+    let mut dirs: Vec<Vec<f64>> = extra.to_vec();
+    for j in 0..n {
+        for s in [1.0, -1.0] {
+            let mut d = vec![0.0; n];
+            d[j] = s;
+            dirs.push(d);
+        }
+    }
+    while dirs.len() < samples + 2 * n + extra.len() {
+        dirs.push((0..n).map(|_| rng.gen_range(-1.0..1.0)).collect());
+    }
+    let mut out: Vec<(Vec<f64>, Vec<f64>)> = Vec::new();
+    for d in &dirs {
+        let r = max_abs(d);
+        if r == 0.0 {
+            continue;
+        }
+        let xp: Vec<f64> = x.iter().zip(d).map(|(a, b)| a + EPS * b / r).collect();
+        let z = eval::evaluate(g, &xp).unwrap().switches(g);
+        let zs: Vec<f64> = data.active.iter().map(|s| z[s.0]).collect();
+        if zs.iter().any(|v| v.abs() < Z_TINY) {
+            continue;
+        }
+        let sigma: Vec<f64> = zs.iter().map(|v| v.signum()).collect();
+        if !out.iter().any(|(s, _)| *s == sigma) {
+            let gr = data.ad(&sigma);
+            out.push((sigma, gr));
+        }
+    }
+    out
+}
+
+/// What the mixed-program comparison counted.
+#[derive(Debug, Default, Clone, Copy)]
+struct MixedTally {
+    reports: usize,
+    undecided_verdicts: usize,
+    undecided_pieces: usize,
+    unrealized_pieces: usize,
+    lps: usize,
+}
+
+/// Verify the AD vectors of all conventions and a few explicit vectors on one mixed program,
+/// checking: certificates and realized witnesses (`check_report`); no observed pattern is
+/// listed UNREALIZED; an OUT vector is not in the hull of the observed pieces.
+fn mixed_compare(case: &Case, seed: u64, affine_subsystem: bool) -> Result<MixedTally, String> {
+    let p = kinkcheck::compile(&case.src).map_err(|e| format!("{}: {e}", case.src))?;
+    let x = &case.x;
+    let n = x.len();
+    let opts = |c: Convention, v: Option<Vec<f64>>| {
+        let mut o = common::verify_options(c);
+        o.gradient = v;
+        o.check.abs_affine_subsystem = affine_subsystem;
+        o
+    };
+    let mut rng = StdRng::seed_from_u64(seed);
+    let mut reports: Vec<Report> = conventions(rng.gen_range(-1.0..1.0))
+        .into_iter()
+        .map(|c| kinkcheck::verify(&p, x, &opts(c, None)).unwrap())
+        .collect();
+    let extra: Vec<Vec<f64>> = reports
+        .iter()
+        .flat_map(|r| r.pieces.iter().filter_map(|pc| pc.witness.clone()))
+        .collect();
+    let seen = observed_patterns(&p, x, &extra, 1500, seed);
+    let grads: Vec<Vec<f64>> = seen.iter().map(|(_, g)| g.clone()).collect();
+    for k in 0..3 {
+        let a = &grads[rng.gen_range(0..grads.len())];
+        let b = &grads[rng.gen_range(0..grads.len())];
+        let v: Vec<f64> = match k {
+            0 => a.iter().zip(b).map(|(p, q)| 0.5 * (p + q)).collect(),
+            _ => (0..n).map(|j| a[j] + rng.gen_range(-1.0..1.0)).collect(),
+        };
+        let mut o = opts(Convention::pytorch(), Some(v));
+        o.check.abs_affine_subsystem = affine_subsystem;
+        reports.push(kinkcheck::verify(&p, x, &o).unwrap());
+    }
+    let data = active_data(&p, x);
+    let mut t = MixedTally::default();
+    for r in &reports {
+        let what = || format!("{}at {:?}, {} {:?}", case.src, x, r.convention, r.gradient);
+        check_report(&p, x, r, true).map_err(|e| format!("{}: certificate: {e}", what()))?;
+        t.reports += 1;
+        t.lps += r.lps;
+        if r.verdict == Verdict::Undecided {
+            t.undecided_verdicts += 1;
+        }
+        // α position of each reported active switch
+        let pos: Vec<Option<usize>> = r
+            .active
+            .iter()
+            .map(|a| data.active.iter().position(|s| s.0 == a.switch))
+            .collect();
+        for pc in &r.pieces {
+            match pc.status {
+                Status::Undecided => t.undecided_pieces += 1,
+                Status::Unrealized => {
+                    t.unrealized_pieces += 1;
+                    for (sigma, _) in &seen {
+                        let matches =
+                            pc.signs.iter().zip(&pos).all(|(&s, q)| {
+                                s == 0 || q.is_some_and(|q| sigma[q] == f64::from(s))
+                            });
+                        if matches {
+                            return Err(format!(
+                                "{}: piece {:?} listed unrealized, but pattern {sigma:?} was seen near x̂",
+                                what(),
+                                pc.signs
+                            ));
+                        }
+                    }
+                }
+                Status::Realized => {}
+            }
+        }
+        if r.verdict == Verdict::Out {
+            let scale = grads
+                .iter()
+                .map(|g| max_abs(g))
+                .fold(max_abs(&r.gradient), f64::max)
+                .max(1.0);
+            let d = lp::hull_distance(&grads, &r.gradient).unwrap().delta;
+            if d <= 1e-9 * scale {
+                return Err(format!(
+                    "{}: OUT ({}), but the vector is a combination of observed pieces",
+                    what(),
+                    r.reason
+                ));
+            }
+        }
+    }
+    Ok(t)
+}
+
+fn mixed_census(cases: u64, affine_subsystem: bool) -> MixedTally {
+    let mut rng = StdRng::seed_from_u64(0x6b63_1010);
+    let mut total = MixedTally::default();
+    let mut failures = Vec::new();
+    for i in 0..cases {
+        let case = mixed_case(&mut rng);
+        match mixed_compare(&case, i, affine_subsystem) {
+            Ok(t) => {
+                total.reports += t.reports;
+                total.undecided_verdicts += t.undecided_verdicts;
+                total.undecided_pieces += t.undecided_pieces;
+                total.unrealized_pieces += t.unrealized_pieces;
+                total.lps += t.lps;
+            }
+            Err(e) => failures.push(e),
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} failures (abs-affine sub-system {affine_subsystem}), first:\n{}",
+        failures.len(),
+        failures[0]
+    );
+    total
+}
+
+/// Issue 10: on programs with a non-affine switch beside abs-affine ones, no pattern the
+/// checker calls UNREALIZED is ever seen near x̂, OUT vectors are outside the hull of the
+/// pieces seen, and certificates hold, with and without the abs-affine sub-system test of
+/// THEORY §6.2. Prints the UNDECIDED counts of both (the test's own corpus) and requires the
+/// sub-system test to decide strictly more.
+#[test]
+fn mixed_programs_abs_affine_subsystem() {
+    let cases = std::env::var("KC_MIXED_CASES")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(60);
+    let before = mixed_census(cases, false);
+    let after = mixed_census(cases, true);
+    eprintln!("mixed programs ({cases}), without the abs-affine sub-system: {before:?}");
+    eprintln!("mixed programs ({cases}), with the abs-affine sub-system:    {after:?}");
+    assert_eq!(before.reports, after.reports);
+    assert!(
+        after.undecided_verdicts <= before.undecided_verdicts,
+        "{before:?} {after:?}"
+    );
+    assert!(
+        after.undecided_pieces < before.undecided_pieces,
+        "{before:?} {after:?}"
+    );
+}
+
+/// Issue 10's example: switches #1 (relu(2x4 − 1)) and #2 (|−2x4 + 1|) are abs-affine and
+/// exactly opposite, so every pattern giving them the same sign is UNREALIZED, although #0
+/// (a max with a sin term) is not abs-affine; sigma=−1's AD vector is then refuted.
+#[test]
+fn issue10_example_is_out() {
+    let src = "vars x1, x2, x3, x4\na1 = max(-x1 + 3*x4 - 1.5, -1.5*x1 - sin(0.5*x4 - 0.25) + 3*x2 + 5)\na2 = relu(2*x4 - 1)\na3 = abs(-2*x4 + 1)\nf = a1 + 0.5*a2 - 0.5*a3";
+    let p = kinkcheck::compile(src).unwrap();
+    let x = [-2.0, -2.0, 1.5, 0.5];
+    let r = verify_conv(&p, &x, &Convention::parse("sigma=-1").unwrap());
+    assert_eq!(r.gradient, vec![-1.5, 3.0, 0.0, -1.5]);
+    assert_eq!(r.verdict, Verdict::Out, "{}", r.reason);
+    check_report(&p, &x, &r, true).unwrap();
+    for pc in &r.pieces {
+        let same = pc.signs[1] == pc.signs[2];
+        let want = if same {
+            Status::Unrealized
+        } else {
+            Status::Realized
+        };
+        assert_eq!(pc.status, want, "{:?}", pc.signs);
+    }
+    assert_eq!(r.pieces.len(), 8);
+    // without the sub-system test: UNDECIDED (the earlier behaviour)
+    let mut o = common::verify_options(Convention::parse("sigma=-1").unwrap());
+    o.check.abs_affine_subsystem = false;
+    let r = kinkcheck::verify(&p, &x, &o).unwrap();
+    assert_eq!(r.verdict, Verdict::Undecided, "{}", r.reason);
+}
