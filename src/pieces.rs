@@ -107,6 +107,10 @@ pub struct Check {
     pub lps: usize,
     /// Did the enumeration finish within the budgets?
     pub complete: bool,
+    /// Per block, the reduced hull LP's convex weights over the block's realized pieces
+    /// (`(piece index, weight)`; None when the block has no realized piece or the LP failed):
+    /// the point of their hull nearest to the block's part of v in the reduced ∞-norm (§6.5).
+    pub hull: Vec<Option<Vec<(usize, f64)>>>,
 }
 
 struct Search<'a> {
@@ -557,6 +561,81 @@ fn block_basis(space: &ReducedSpace, block: &[usize]) -> DMatrix<f64> {
     DMatrix::from_fn(space.r, cols.len(), |i, j| vecs[(i, cols[j])])
 }
 
+/// The pieces found by [`enumerate`].
+#[derive(Debug, Clone)]
+pub struct Enumeration {
+    /// Realized, undecided and (some) unrealized pieces, per block.
+    pub pieces: Vec<Piece>,
+    /// Blocks of active-switch indices (into α).
+    pub blocks: Vec<Vec<usize>>,
+    pub lps: usize,
+    /// The budget that cut the search short, if any.
+    pub truncated: Option<String>,
+}
+
+/// The prefix search (THEORY §6.3) on each independent block (§6.4) under the budgets of
+/// `opts`. With `first_only`, each block stops at its first realized piece (a few LPs per
+/// block: the witness shortcut decides most switches), which is enough to offer a certified
+/// Clarke gradient when the analyzer's guarantee made the full enumeration unnecessary.
+pub fn enumerate(
+    data: &ActiveData,
+    space: &ReducedSpace,
+    st: &Structure,
+    opts: &CheckOptions,
+    first_only: bool,
+) -> Enumeration {
+    let blocks = blocks(data, space, st);
+    let k = data.k();
+    let mut first_opts = opts.clone();
+    first_opts.max_pieces = 1;
+    let start = Instant::now();
+    let mut out = Enumeration {
+        pieces: vec![],
+        blocks: vec![],
+        lps: 0,
+        truncated: None,
+    };
+    let mut search = Search {
+        data,
+        space,
+        st,
+        opts: if first_only { &first_opts } else { opts },
+        start,
+        lps: 0,
+        leaves: 0,
+        truncated: None,
+        pieces: vec![],
+        unrealized_listed: 0,
+        bar: None,
+    };
+    for (b, block) in blocks.iter().enumerate() {
+        let mut sigma = vec![0.0; k];
+        let mut rows = vec![vec![]; k];
+        if first_only {
+            // a fresh piece budget per block; the LP and time budgets stay global
+            search.leaves = 0;
+            search.truncated = None;
+            if search.lps >= opts.max_lps || start.elapsed() > opts.timeout {
+                out.truncated = Some("budget reached".into());
+                break;
+            }
+        }
+        search.dfs(b, block, 0, &mut sigma, &mut rows, None, false);
+    }
+    if let Some(bar) = search.bar.take() {
+        bar.finish_and_clear();
+    }
+    out.lps = search.lps;
+    out.truncated = if first_only {
+        Some("first realized piece of each block only".into())
+    } else {
+        search.truncated.take()
+    };
+    out.pieces = std::mem::take(&mut search.pieces);
+    out.blocks = blocks;
+    out
+}
+
 /// Decide whether `v` lies in the Clarke subdifferential of the first-order model.
 pub fn check(
     data: &ActiveData,
@@ -575,6 +654,7 @@ pub fn check(
         blocks: vec![],
         lps: 0,
         complete: false,
+        hull: vec![],
     };
     // Off the row space (or no active switch): every piece has ρ·g = ρ·g0.
     let (cv, dist) = space.project(data, &w);
@@ -604,33 +684,11 @@ pub fn check(
         out.complete = true;
         return out;
     }
-    let blocks = blocks(data, space, st);
-    let mut search = Search {
-        data,
-        space,
-        st,
-        opts,
-        start: Instant::now(),
-        lps: 0,
-        leaves: 0,
-        truncated: None,
-        pieces: vec![],
-        unrealized_listed: 0,
-        bar: None,
-    };
-    let k = data.k();
-    for (b, block) in blocks.iter().enumerate() {
-        let mut sigma = vec![0.0; k];
-        let mut rows = vec![vec![]; k];
-        search.dfs(b, block, 0, &mut sigma, &mut rows, None, false);
-    }
-    if let Some(bar) = search.bar.take() {
-        bar.finish_and_clear();
-    }
-    out.lps = search.lps;
-    out.complete = search.truncated.is_none();
-    let truncated = search.truncated.clone();
-    out.pieces = std::mem::take(&mut search.pieces);
+    let e = enumerate(data, space, st, opts, false);
+    let (blocks, truncated) = (e.blocks, e.truncated);
+    out.lps = e.lps;
+    out.complete = truncated.is_none();
+    out.pieces = e.pieces;
     // decompose c_v over the blocks (direct sum)
     let bases: Vec<DMatrix<f64>> = blocks.iter().map(|b| block_basis(space, b)).collect();
     let parts: Vec<Vec<f64>> = if blocks.len() == 1 {
@@ -674,7 +732,14 @@ pub fn check(
             .collect();
         let pts: Vec<Vec<f64>> = idx.iter().map(|&i| out.pieces[i].offset.clone()).collect();
         out.lps += 1;
-        match lp::hull_distance(&pts, part) {
+        let hull = lp::hull_distance(&pts, part);
+        out.hull.push(
+            hull.as_ref()
+                .ok()
+                .filter(|_| !idx.is_empty())
+                .map(|h| idx.iter().copied().zip(h.weights.iter().copied()).collect()),
+        );
+        match hull {
             Ok(h) if h.delta <= tau => {
                 worst_in = worst_in.max(h.delta);
                 for (&i, &wt) in idx.iter().zip(&h.weights) {
@@ -803,6 +868,7 @@ impl Check {
             blocks: vec![],
             lps: 0,
             complete: false,
+            hull: vec![],
         }
     }
 }
@@ -888,5 +954,6 @@ pub fn support_certificate(
         blocks: vec![(0..k).collect()],
         lps,
         complete: false,
+        hull: vec![],
     })
 }

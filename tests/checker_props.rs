@@ -634,6 +634,7 @@ fn check_report(p: &Problem, x: &[f64], r: &Report, strict_in: bool) -> Result<(
             ));
         }
     }
+    check_clarke(p, x, r)?;
     if r.convention != "explicit" && r.reason.contains("row space") {
         // AD(σ̃) − g0 lies in the row space of J_α exactly (THEORY §3, §6.5)
         return Err("an AD vector was found off the active row space".into());
@@ -728,6 +729,139 @@ fn check_report(p: &Problem, x: &[f64], r: &Report, strict_in: bool) -> Result<(
         (None, Verdict::Undecided) => Ok(()),
         (c, verdict) => Err(format!("verdict {verdict:?} with certificate {c:?}")),
     }
+}
+
+/// CONTRACT §3's `clarke_gradient`: a convex combination (per block) of REALIZED pieces whose
+/// witnesses checked on the real program, reproducing `vector`; `distance` = ‖vector − v‖∞;
+/// 0 for IN with weights; and, when the exact hull LP was used (`nearest` or a complete
+/// enumeration), δ equals the ∞-norm hull LP over the realized pieces in R^n. It must be
+/// present whenever every block has a realized piece (or no switch is active).
+fn check_clarke(p: &Problem, x: &[f64], r: &Report) -> Result<(), String> {
+    let v = &r.gradient;
+    let nb = r.blocks.len();
+    let single = nb <= 1;
+    let realized = |b: usize| {
+        r.pieces
+            .iter()
+            .filter(|pc| pc.status == Status::Realized && pc.block == b)
+            .count()
+    };
+    let smooth = r.active.iter().all(|a| a.status != "active");
+    let expected = smooth || (nb > 0 && (0..nb).all(|b| realized(b) > 0));
+    let Some(c) = &r.clarke_gradient else {
+        return if expected && r.active.iter().all(|a| a.status != "near") {
+            Err("no clarke_gradient although realized pieces are known".into())
+        } else {
+            Ok(())
+        };
+    };
+    if c.weights.len() != c.pieces.len() || c.vector.len() != v.len() || c.norm != "inf" {
+        return Err(format!("malformed clarke_gradient {c:?}"));
+    }
+    let d = max_abs(
+        &c.vector
+            .iter()
+            .zip(v)
+            .map(|(a, b)| a - b)
+            .collect::<Vec<_>>(),
+    );
+    if d != c.distance {
+        return Err(format!(
+            "clarke distance {} but ‖vector − v‖∞ = {d}",
+            c.distance
+        ));
+    }
+    let gmax = r
+        .pieces
+        .iter()
+        .filter_map(|pc| pc.gradient.as_deref().map(max_abs))
+        .fold(max_abs(v), f64::max)
+        .max(1.0);
+    if c.pieces.is_empty() {
+        // no active switch: the gradient itself
+        if !r.blocks.is_empty() {
+            return Err("clarke_gradient without pieces".into());
+        }
+        let g = g0(p, x);
+        let e = max_abs(
+            &g.iter()
+                .zip(&c.vector)
+                .map(|(a, b)| a - b)
+                .collect::<Vec<_>>(),
+        );
+        return if e <= 1e-9 * gmax || (r.verdict == Verdict::In && c.distance == 0.0) {
+            Ok(())
+        } else {
+            Err(format!(
+                "clarke vector {:?} is not the gradient {g:?}",
+                c.vector
+            ))
+        };
+    }
+    let mut sums = vec![0.0; nb.max(1)];
+    let mut acc = if single { vec![0.0; v.len()] } else { g0(p, x) };
+    for (&w, &k) in c.weights.iter().zip(&c.pieces) {
+        let pc = r
+            .pieces
+            .get(k)
+            .ok_or("clarke weight on a piece not listed")?;
+        if !(w > 0.0) || pc.status != Status::Realized || pc.witness_checked != Some(true) {
+            return Err(format!(
+                "clarke weight {w} on piece {k} ({:?}, witness {:?})",
+                pc.status, pc.witness_checked
+            ));
+        }
+        sums[pc.block] += w;
+        let g = pc.gradient.as_ref().ok_or("piece without gradient")?;
+        for (a, b) in acc.iter_mut().zip(g) {
+            *a += w * b;
+        }
+    }
+    if sums.iter().any(|s| (s - 1.0).abs() > 1e-9) {
+        return Err(format!("clarke weights sum to {sums:?} per block"));
+    }
+    let err = max_abs(
+        &acc.iter()
+            .zip(&c.vector)
+            .map(|(a, b)| a - b)
+            .collect::<Vec<_>>(),
+    );
+    if err > 1e-9 * gmax {
+        return Err(format!("clarke weights give {acc:?}, not {:?}", c.vector));
+    }
+    if r.verdict == Verdict::In && c.distance != 0.0 && r.certificate.is_some() {
+        return Err(format!("verdict IN but clarke distance {}", c.distance));
+    }
+    if r.verdict == Verdict::Out && c.distance == 0.0 {
+        return Err("verdict OUT but clarke distance 0".into());
+    }
+    if c.distance > 0.0 {
+        // the hull LP over all realized pieces in R^n (the Minkowski sum over blocks)
+        let groups: Vec<Vec<Vec<f64>>> = (0..nb)
+            .map(|b| {
+                r.pieces
+                    .iter()
+                    .filter(|pc| pc.status == Status::Realized && pc.block == b)
+                    .map(|pc| pc.gradient.clone().unwrap())
+                    .collect()
+            })
+            .collect();
+        let target: Vec<f64> = if single {
+            v.clone()
+        } else {
+            v.iter().zip(g0(p, x)).map(|(a, b)| a - b).collect()
+        };
+        let h = lp::hull_distance_groups(&groups, &target).unwrap();
+        let tol = 1e-9 * gmax;
+        // (test programs are small, so the repair always uses the exact LP in R^n)
+        if (c.distance - h.delta).abs() > tol {
+            return Err(format!(
+                "clarke distance {} but the hull LP gives {}",
+                c.distance, h.delta
+            ));
+        }
+    }
+    Ok(())
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -2157,4 +2291,154 @@ fn issue10_example_is_out() {
     o.check.abs_affine_subsystem = false;
     let r = kinkcheck::verify(&p, &x, &o).unwrap();
     assert_eq!(r.verdict, Verdict::Undecided, "{}", r.reason);
+}
+
+// ---------------------------------------------------------------------------------------------
+// The repair: clarke_gradient (CONTRACT §3, issue 10)
+// ---------------------------------------------------------------------------------------------
+
+fn clarke(r: &Report) -> (Vec<f64>, f64, bool) {
+    let c = r.clarke_gradient.as_ref().expect("a clarke_gradient");
+    (c.vector.clone(), c.distance, c.nearest)
+}
+
+#[test]
+fn clarke_gradient_named_examples() {
+    // E5 under pytorch: AD gives 0, the Clarke set is {1}
+    let e5 = kinkcheck::compile("vars x\nf = relu(x) - relu(-x)").unwrap();
+    let r = verify_conv(&e5, &[0.0], &Convention::pytorch());
+    assert_eq!(r.verdict, OUT);
+    assert_eq!(clarke(&r), (vec![1.0], 1.0, true));
+    check_report(&e5, &[0.0], &r, true).unwrap();
+    // sigma=0 is IN: the vector itself, distance 0, weights from the certificate
+    let r = verify_conv(&e5, &[0.0], &Convention::parse("sigma=0").unwrap());
+    assert_eq!(r.verdict, IN);
+    assert_eq!(clarke(&r), (vec![1.0], 0.0, true));
+    match (&r.certificate, &r.clarke_gradient) {
+        (Some(CertificateReport::Weights { weights, pieces }), Some(c)) => {
+            assert_eq!((weights, pieces), (&c.weights, &c.pieces));
+        }
+        other => panic!("{other:?}"),
+    }
+    // E6 |x| − |x| with --gradient 1: {0}, distance 1
+    let e6 = kinkcheck::compile("vars x\nf = abs(x) - abs(x)").unwrap();
+    let r = verify_vec(&e6, &[0.0], &[1.0]);
+    assert_eq!(r.verdict, OUT);
+    assert_eq!(clarke(&r), (vec![0.0], 1.0, true));
+    // E13 (the network fixture) with the per-sample choices (1,1,0,0) and (−1,−1,0,0): the
+    // Clarke set is {0}, at ∞-distance 1
+    let net = kinkcheck::frontend::network::Network::from_json(
+        &std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/fixtures/networks/e13.json"
+        ))
+        .unwrap(),
+    )
+    .unwrap();
+    let p = net.problem(None, None, None).unwrap();
+    let th = p.point.clone().unwrap();
+    for v in [[1.0, 1.0, 0.0, 0.0], [-1.0, -1.0, 0.0, 0.0]] {
+        let r = verify_vec(&p, &th, &v);
+        assert_eq!(r.verdict, OUT, "{v:?}");
+        let (g, d, nearest) = clarke(&r);
+        assert!(
+            max_abs(&g) <= 1e-12 && (d - 1.0).abs() <= 1e-12 && nearest,
+            "{v:?}: {g:?} {d}"
+        );
+        check_report(&p, &th, &r, true).unwrap();
+    }
+    // a vector off the active row space (OUT before any enumeration) still gets one:
+    // E9 |x1| + |x2| has row space R², so take |x1| alone in two variables
+    let p = kinkcheck::compile("vars x1, x2\nf = abs(x1) + 3*x2").unwrap();
+    let r = verify_vec(&p, &[0.0, 0.0], &[2.0, 1.0]);
+    assert_eq!(r.verdict, OUT, "{}", r.reason);
+    assert!(r.reason.contains("row space"), "{}", r.reason);
+    let (g, d, nearest) = clarke(&r);
+    assert_eq!((g, d, nearest), (vec![1.0, 3.0], 2.0, true));
+    check_report(&p, &[0.0, 0.0], &r, true).unwrap();
+    // a smooth point: the gradient itself
+    let r = verify_vec(&p, &[1.0, 0.0], &[0.0, 0.0]);
+    assert_eq!(r.verdict, OUT);
+    assert_eq!(clarke(&r), (vec![1.0, 3.0], 3.0, true));
+}
+
+/// Blocks (THEORY §6.4): the ∞-nearest point of the Minkowski sum of the blocks' hulls.
+/// f = Σ_i (relu(x_i) − relu(−x_i)) + |y| over 7 pairs and one abs: ∂^C = {1}⁷ × [−1, 1]; the
+/// vector (0,…,0, 3) is at ∞-distance 2 from the point (1,…,1, 1).
+#[test]
+fn clarke_gradient_over_blocks() {
+    let n = 7;
+    let vars: Vec<String> = (1..=n).map(|i| format!("x{i}")).collect();
+    let terms: Vec<String> = vars
+        .iter()
+        .map(|v| format!("relu({v}) - relu(-{v})"))
+        .collect();
+    let src = format!(
+        "vars {}, y\nf = {} + abs(y)",
+        vars.join(", "),
+        terms.join(" + ")
+    );
+    let p = kinkcheck::compile(&src).unwrap();
+    let x = vec![0.0; n + 1];
+    let mut v = vec![0.0; n + 1];
+    v[n] = 3.0;
+    let r = verify_vec(&p, &x, &v);
+    assert!(r.blocks.len() > 1, "{:?}", r.blocks);
+    assert_eq!(r.verdict, OUT);
+    let (g, d, nearest) = clarke(&r);
+    let mut want = vec![1.0; n + 1];
+    want[n] = 1.0;
+    assert!(
+        g.iter().zip(&want).all(|(a, b)| (a - b).abs() <= 1e-9),
+        "{g:?}"
+    );
+    assert!((d - 2.0).abs() <= 1e-9 && nearest, "{d}");
+    check_report(&p, &x, &r, true).unwrap();
+}
+
+/// The analyzer guarantees IN with many switches and no enumeration: with `repair` the first
+/// realized piece of each block is found, so a (not necessarily nearest) Clarke gradient is
+/// still offered, with its true distance; without it there is none (no realized piece known).
+#[test]
+fn clarke_gradient_after_a_guarantee_without_enumeration() {
+    let n = 14;
+    let vars: Vec<String> = (1..=n).map(|i| format!("x{i}")).collect();
+    let terms: Vec<String> = vars.iter().map(|v| format!("abs({v})")).collect();
+    let src = format!("vars {}\nf = {}", vars.join(", "), terms.join(" + "));
+    let p = kinkcheck::compile(&src).unwrap();
+    let x = vec![0.0; n];
+    let r = verify_conv(&p, &x, &Convention::pytorch());
+    assert!(r.analyzer.guaranteed && r.verdict == IN, "{}", r.reason);
+    assert!(r.pieces.is_empty() && r.clarke_gradient.is_none());
+    let mut o = common::verify_options(Convention::pytorch());
+    o.repair = true;
+    let r = kinkcheck::verify(&p, &x, &o).unwrap();
+    assert_eq!(r.verdict, IN);
+    let c = r
+        .clarke_gradient
+        .clone()
+        .expect("a clarke_gradient with repair");
+    assert!(c.vector.iter().all(|g| g.abs() == 1.0), "{:?}", c.vector);
+    assert_eq!((c.distance, c.nearest), (1.0, false));
+    check_report(&p, &x, &r, false).unwrap();
+}
+
+/// With n > 10 000 the JSON leaves the vector out (the CLI's `--write-gradient` writes it);
+/// weights, pieces and distance stay, and the library keeps the full vector.
+#[test]
+fn clarke_gradient_vector_not_inline_for_large_n() {
+    let n = 10_001;
+    let vars: Vec<String> = (1..=n).map(|i| format!("x{i}")).collect();
+    let src = format!("vars {}\nf = relu(x1) - relu(-x1) + 2*x2", vars.join(", "));
+    let p = kinkcheck::compile(&src).unwrap();
+    let r = verify_conv(&p, &vec![0.0; n], &Convention::pytorch());
+    assert_eq!(r.verdict, OUT);
+    let c = r.clarke_gradient.as_ref().unwrap();
+    assert_eq!(c.vector.len(), n);
+    assert_eq!((c.vector[0], c.vector[1], c.distance), (1.0, 2.0, 1.0));
+    let j = serde_json::to_value(&r).unwrap();
+    let cj = &j["clarke_gradient"];
+    assert!(cj.get("vector").is_none(), "{cj}");
+    assert_eq!(cj["distance"], 1.0);
+    assert_eq!(cj["weights"].as_array().unwrap().len(), c.weights.len());
 }

@@ -283,3 +283,77 @@ fn budgets_by_count_name_the_reason() {
         assert!(out.stdout.is_empty());
     }
 }
+
+/// `clarke_gradient` in the JSON report and `--write-gradient FILE` (CONTRACT §2–§3).
+#[test]
+fn clarke_gradient_json_and_write_gradient() {
+    let dir = std::env::temp_dir().join(format!("kinkcheck-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("g.json");
+    let f = file.to_str().unwrap();
+    let out = run(&[
+        "verify",
+        "--expr",
+        "vars x; f = relu(x) - relu(-x)",
+        "--at",
+        "0",
+        "--json",
+        "--write-gradient",
+        f,
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    let v = json(&out);
+    let c = &v["clarke_gradient"];
+    assert_eq!(c["vector"], serde_json::json!([1.0]));
+    assert_eq!(c["distance"], 1.0);
+    assert_eq!(c["norm"], "inf");
+    assert_eq!(c["nearest"], true);
+    let k = c["pieces"][0].as_u64().unwrap() as usize;
+    assert_eq!(v["pieces"][k]["status"], "realized");
+    assert_eq!(c["weights"], serde_json::json!([1.0]));
+    let written: Value = serde_json::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
+    assert_eq!(written, serde_json::json!([1.0]));
+    // human report: one line; IN writes the checked vector itself
+    let out = run(&[
+        "verify",
+        "fixtures/networks/e13.json",
+        "--gradient",
+        "1,1,0,0",
+        "--write-gradient",
+        f,
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        text.contains("clarke gradient: [0, 0, 0, 0] (∞-distance 1 from v, nearest)"),
+        "{text}"
+    );
+    let written: Vec<f64> = serde_json::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
+    assert_eq!(written, vec![0.0; 4]);
+    let out = run(&[
+        "verify",
+        "--expr",
+        "vars x; f = abs(x)",
+        "--at",
+        "0",
+        "--write-gradient",
+        f,
+    ]);
+    assert_eq!(out.status.code(), Some(0));
+    let written: Vec<f64> = serde_json::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
+    assert_eq!(written, vec![0.0]);
+    // an unwritable file is an input error, with nothing on stdout
+    let bad = dir.join("no/such/dir/g.json");
+    let out = run(&[
+        "verify",
+        "--expr",
+        "vars x; f = abs(x)",
+        "--at",
+        "0",
+        "--write-gradient",
+        bad.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(out.stdout.is_empty());
+    let _ = std::fs::remove_dir_all(&dir);
+}
