@@ -709,7 +709,7 @@ mod tests {
             }
             // one group is the plain hull LP; two groups: the Minkowski sum, whose distance is
             // at most that of any one sum of points and at least the hull LP's on the sums
-            let one = hull_distance_groups(&[pts.clone()], &x).unwrap();
+            let one = hull_distance_groups(std::slice::from_ref(&pts), &x).unwrap();
             prop_assert!((one.delta - h.delta).abs() <= 1e-7, "{} {}", one.delta, h.delta);
             let (ga, gb) = pts.split_at(1);
             let two = hull_distance_groups(&[ga.to_vec(), gb.to_vec()], &x).unwrap();

@@ -174,7 +174,9 @@ fn run(cli: Cli) -> Result<ExitCode, Error> {
             }
             opts.check.timeout = std::time::Duration::from_secs_f64(args.timeout.min(1e6));
             opts.check.progress = std::io::stderr().is_terminal();
-            opts.repair = args.write_gradient.is_some();
+            if args.write_gradient.is_some() {
+                opts.repair = kinkcheck::report::Repair::Always;
+            }
             let report = kinkcheck::verify(&p, &x, &opts)?;
             if let Some(path) = &args.write_gradient {
                 match &report.clarke_gradient {

@@ -29,10 +29,21 @@ pub struct VerifyOptions {
     pub check: CheckOptions,
     /// Budgets of the analyzer.
     pub analyze: AnalyzeOptions,
-    /// Look for realized pieces even where the verdict needs none (the analyzer guaranteed IN
-    /// with many switches: the first realized piece of each block), so that a
-    /// [`ClarkeGradient`] is always offered. The CLI sets it with `--write-gradient`.
-    pub repair: bool,
+    /// When to compute the [`ClarkeGradient`] (the repair of CONTRACT §3).
+    pub repair: Repair,
+}
+
+/// When [`verify`] computes the [`ClarkeGradient`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Repair {
+    /// Never (saves the repair's LPs).
+    Off,
+    /// From the realized pieces the verdict needed anyway, plus an enumeration when v is
+    /// refuted off the active row space before any (the default).
+    Known,
+    /// Also when the analyzer's guarantee made the enumeration unnecessary: then the first
+    /// realized piece of each block is found. The CLI uses it with `--write-gradient`.
+    Always,
 }
 
 impl VerifyOptions {
@@ -44,7 +55,7 @@ impl VerifyOptions {
             tau_act: eval::TAU_ACT,
             check: CheckOptions::default(),
             analyze: AnalyzeOptions::default(),
-            repair: false,
+            repair: Repair::Known,
         }
     }
 }
@@ -139,6 +150,10 @@ pub struct ClarkeGradient {
     pub norm: &'static str,
     /// Is `vector` proven the point of ∂^C f(x̂) nearest to v in the ∞-norm?
     pub nearest: bool,
+    /// How it was found: `"certificate"` (verdict IN: v itself), `"gradient"` (no active
+    /// switch: ∇f), `"full"` (the ∞-norm hull LP in R^n) or `"reduced"` (the reduced-space
+    /// hull LPs, when the full one would be too large).
+    pub hull: &'static str,
     /// Linear programs solved for the repair alone (not counted in [`Report::lps`]).
     pub lps: usize,
 }
@@ -254,7 +269,8 @@ fn run_stage(
     let mut repair_lps = 0;
     if data.k() > 0
         && check.blocks.is_empty()
-        && (check.verdict == Verdict::Out || (opts.repair && analysis.guaranteed))
+        && ((check.verdict == Verdict::Out && opts.repair != Repair::Off)
+            || (opts.repair == Repair::Always && analysis.guaranteed))
     {
         let e = pieces::enumerate(&data, &space, &structure, &opts.check, analysis.guaranteed);
         repair_lps = e.lps;
@@ -439,7 +455,11 @@ pub fn verify(problem: &Problem, point: &[f64], opts: &VerifyOptions) -> Result<
         .iter()
         .map(|b| b.iter().map(|&i| pos_in_active[i]).collect())
         .collect();
-    let clarke_gradient = clarke_gradient(&stage, &gradient, verdict, &certificate);
+    let clarke_gradient = if opts.repair == Repair::Off {
+        None
+    } else {
+        clarke_gradient(&stage, &gradient, verdict, &certificate)
+    };
     Ok(Report {
         verdict,
         reason,
@@ -464,8 +484,9 @@ pub fn verify(problem: &Problem, point: &[f64], opts: &VerifyOptions) -> Result<
 }
 
 /// Most entries (varying coordinates × pieces) of the exact ∞-norm hull LP in R^n; above it
-/// the repair uses the reduced-space hull LPs.
-const EXACT_LP_ENTRIES: usize = 400_000;
+/// the repair uses the reduced-space hull LPs. At the limit, a dense LP takes 0.15–0.25 s
+/// (1000 coordinates × 100 pieces, 500 × 200, 2000 × 50, measured once).
+const EXACT_LP_ENTRIES: usize = 100_000;
 
 /// The repair (CONTRACT §3, THEORY §6.5): see [`ClarkeGradient`].
 fn clarke_gradient(
@@ -483,7 +504,7 @@ fn clarke_gradient(
             .map(|(a, b)| (a - b).abs())
             .fold(0.0, f64::max)
     };
-    let made = |vector: Vec<f64>, weights: Vec<f64>, pieces: Vec<usize>, nearest, lps| {
+    let made = |vector: Vec<f64>, weights, pieces, nearest, hull, lps| {
         let distance = dist(&vector);
         Some(ClarkeGradient {
             vector,
@@ -492,6 +513,7 @@ fn clarke_gradient(
             distance,
             norm: "inf",
             nearest: nearest || distance == 0.0,
+            hull,
             lps,
         })
     };
@@ -502,13 +524,20 @@ fn clarke_gradient(
         } else {
             g0.clone()
         };
-        return made(vector, vec![], vec![], true, lps);
+        return made(vector, vec![], vec![], true, "gradient", lps);
     }
     if let (Verdict::In, Some(CertificateReport::Weights { weights, pieces })) =
         (verdict, certificate)
     {
         if !pieces.is_empty() {
-            return made(v.to_vec(), weights.clone(), pieces.clone(), true, lps);
+            return made(
+                v.to_vec(),
+                weights.clone(),
+                pieces.clone(),
+                true,
+                "certificate",
+                lps,
+            );
         }
     }
     let nb = check.blocks.len();
@@ -598,7 +627,8 @@ fn clarke_gradient(
     let vector = assemble(&chosen);
     let weights = chosen.iter().map(|c| c.2).collect();
     let pieces = chosen.iter().map(|c| groups[c.0][c.1]).collect();
-    made(vector, weights, pieces, exact && check.complete, lps)
+    let hull = if exact { "full" } else { "reduced" };
+    made(vector, weights, pieces, exact && check.complete, hull, lps)
 }
 
 /// Evaluate the program at x̂ + εd for decreasing ε and check the block's switch signs.
