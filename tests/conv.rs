@@ -5,13 +5,14 @@
 //! without bias). Then `kinkcheck::verify` on a conv → relu → sum program with exact kinks,
 //! against a brute-force expectation.
 
+mod common;
+
 use kinkcheck::eval::{self, AbsRule, ReverseSweeper, Seed};
 use kinkcheck::frontend::Problem;
 use kinkcheck::graph::{ConvSpec, Graph, GraphError, NodeId, Origin, Role, SwitchId};
 use kinkcheck::report::Verdict;
-use kinkcheck::{lower, Convention, VerifyOptions};
+use kinkcheck::{lower, Convention};
 use proptest::prelude::*;
-use proptest::test_runner::{Config as ProptestConfig, RngSeed};
 
 /// A deterministic pseudo-random stream in [−1, 1).
 struct Lcg(u64);
@@ -252,17 +253,8 @@ fn dot(a: &[f64], b: &[f64]) -> f64 {
     a.iter().zip(b).map(|(x, y)| x * y).sum()
 }
 
-fn config(cases: u32, seed: u64) -> ProptestConfig {
-    ProptestConfig {
-        cases,
-        failure_persistence: None,
-        rng_seed: RngSeed::Fixed(seed),
-        ..ProptestConfig::default()
-    }
-}
-
 proptest! {
-    #![proptest_config(config(400, 0x5eed_c0de))]
+    #![proptest_config(common::proptest_config(400, 0x5eed_c0de, "proptest-regressions/conv.txt"))]
 
     /// Forward against the naive loop; tangent against central differences (exact up to
     /// rounding: the map is bilinear); adjoint (dense seed at the output, sparse seeds at
@@ -507,14 +499,14 @@ fn verify_conv_relu_linear_in_disguise() {
         .iter()
         .zip(&slope)
         .all(|(a, b)| (a - b).abs() < 1e-12));
-    let rt = kinkcheck::verify(&p, &xh, &VerifyOptions::new(Convention::pytorch())).unwrap();
+    let rt = kinkcheck::verify(&p, &xh, &common::verify_options(Convention::pytorch())).unwrap();
     assert_eq!(rt.active.len(), 8);
     assert_eq!(rt.gradient, vec![0.0; 9]);
     assert_eq!(rt.verdict, Verdict::Out);
     let rs = kinkcheck::verify(
         &p,
         &xh,
-        &VerifyOptions::new(Convention::sigma(0.0).unwrap()),
+        &common::verify_options(Convention::sigma(0.0).unwrap()),
     )
     .unwrap();
     assert!(rs
@@ -557,14 +549,14 @@ fn verify_conv_relu_independent_kinks() {
     let xh = vec![1.0, 1.0, 1.0, 0.0];
     let pieces = sampled_piece_gradients(&p, &xh, 400);
     assert_eq!(pieces.len(), 4, "{pieces:?}");
-    let rt = kinkcheck::verify(&p, &xh, &VerifyOptions::new(Convention::pytorch())).unwrap();
+    let rt = kinkcheck::verify(&p, &xh, &common::verify_options(Convention::pytorch())).unwrap();
     assert_eq!(rt.active.len(), 2);
     assert_eq!(rt.gradient, vec![0.0, 0.0, 1.0, -1.0]);
     assert!(pieces.iter().any(|q| q == &rt.gradient));
     assert_eq!(rt.verdict, Verdict::In);
     // (2, −1, 0, −1)? no: every piece has entries summing to 0 and last entry −1; this one
     // has x0-slope 2 > 1, outside the hull
-    let mut opts = VerifyOptions::new(Convention::pytorch());
+    let mut opts = common::verify_options(Convention::pytorch());
     opts.gradient = Some(vec![2.0, -2.0, 1.0, -1.0]);
     let ro = kinkcheck::verify(&p, &xh, &opts).unwrap();
     assert_eq!(ro.verdict, Verdict::Out);
