@@ -561,3 +561,37 @@ fn verify_conv_relu_independent_kinks() {
     let ro = kinkcheck::verify(&p, &xh, &opts).unwrap();
     assert_eq!(ro.verdict, Verdict::Out);
 }
+
+/// The near-active band's scale of a conv output is Σ |w|·|x| + |b| over its window (the
+/// magnitudes of the terms), so a cancellation to a tiny nonzero is recognised as near a kink.
+#[test]
+fn conv_switch_scale_is_the_sum_of_term_magnitudes() {
+    let spec = ConvSpec {
+        in_channels: 1,
+        out_channels: 1,
+        in_spatial: vec![3],
+        kernel: vec![2],
+        strides: vec![1],
+        pads_begin: vec![0],
+        pads_end: vec![0],
+        dilations: vec![1],
+        group: 1,
+    };
+    let mut g = Graph::new(3);
+    let x = g.var(0, 3).unwrap();
+    let w = g.constant(vec![2.0, -1.0]).unwrap();
+    let b = g.constant(vec![-0.5]).unwrap();
+    let y = g.conv(x, w, Some(b), spec).unwrap();
+    let u = g.abs(y, Role::Abs, Origin::Internal);
+    let f = g.sum(u);
+    g.set_output(f).unwrap();
+    // y0 = 2·0.75 − 1.0 − 0.5 = 0 exactly; y1 = 2·1.0 − (1.5 + 1e-15) − 0.5 ≈ −1e-15
+    let ev = eval::evaluate(&g, &[0.75, 1.0, 1.5 + 1e-15]).unwrap();
+    let st = eval::switch_states(&g, &ev, 1e-12);
+    assert_eq!(st[0].z, 0.0);
+    assert_eq!(st[0].scale, 2.0 * 0.75 + 1.0 + 0.5);
+    assert_eq!(st[0].activity, eval::Activity::Active);
+    assert!((st[1].scale - (2.0 + 1.5 + 0.5)).abs() < 1e-12);
+    assert!(st[1].z != 0.0 && st[1].z.abs() < 1e-14);
+    assert_eq!(st[1].activity, eval::Activity::Near);
+}
