@@ -30,6 +30,7 @@ pub mod lp;
 pub mod pieces;
 pub mod reduced;
 pub mod report;
+pub mod tensor;
 #[cfg(test)]
 mod test_support;
 
