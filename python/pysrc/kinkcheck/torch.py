@@ -65,10 +65,27 @@ def objective(out: torch.Tensor, targets: Optional[torch.Tensor], loss: str) -> 
     raise InputError(f"unknown --loss '{loss}' (expected mse, l1, hinge, cross_entropy or none)")
 
 
+def _check_float_attributes(module: torch.nn.Module) -> None:
+    # ONNX stores float attributes (LeakyRelu's alpha, HardSigmoid's alpha/beta) in float32
+    for name, m in module.named_modules():
+        slope = getattr(m, "negative_slope", None) if isinstance(m, torch.nn.LeakyReLU) else None
+        if slope is not None and float(np.float32(slope)) != float(slope):
+            warnings.warn(
+                f"module '{name}': LeakyReLU slope {slope} is not a float32 number; ONNX stores it "
+                f"as {float(np.float32(slope))!r}, so kinkcheck's vector can differ from "
+                "torch.autograd's by a relative ~1e-9 (use a float32-exact slope such as 0.125, "
+                "or a larger tolerance)",
+                UserWarning,
+                stacklevel=3,
+            )
+
+
 def export_onnx(module: torch.nn.Module, example: torch.Tensor) -> bytes:
     """Export ``module`` (as it is: call ``.double()`` first for float64) to ONNX bytes with
     the TorchScript exporter, no constant folding (initializers keep the parameter names) and a
-    dynamic batch axis."""
+    dynamic batch axis. ONNX float attributes are float32: a LeakyReLU slope that is not a
+    float32 number is exported rounded (a warning says so)."""
+    _check_float_attributes(module)
     buf = io.BytesIO()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -143,7 +160,9 @@ def verify(
     ``none``, which needs no targets). The same objective is differentiated by
     ``torch.autograd`` on the copy; with ``convention="pytorch"`` the two vectors must agree
     (relative ``tolerance``), which the report states as ``matches_framework: true`` (also
-    in ``to_json()``); otherwise :class:`MismatchError` is raised. ``**options`` go to
+    in ``to_json()``); otherwise :class:`MismatchError` is raised. ONNX keeps float attributes
+    in float32, so a LeakyReLU slope like 0.1 is exported as 0.10000000149 (a warning says so)
+    and may need a larger ``tolerance``. ``**options`` go to
     :func:`kinkcheck.verify` (``max_pieces``, ``max_lps``, ``timeout``).
     """
     if loss not in _LOSSES:
