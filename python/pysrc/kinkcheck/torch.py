@@ -285,7 +285,9 @@ class Audit:
     output elements of the batch), and verifies it: exact kinks hit (switches with z = 0
     exactly, by kind), whether PyTorch's vector matches kinkcheck's PyTorch AD vector, the
     verdict on PyTorch's vector, the analyzer's outcome, and the time taken. ``wrt`` is
-    always ``params``.
+    always ``params``. The model is exported in eval mode: with dropout or batch norm in
+    training mode the exported function is not the one PyTorch differentiated, and the record
+    shows ``matches_framework: false``.
     """
 
     def __init__(
