@@ -387,12 +387,136 @@ pub enum Seed {
     Switch(SwitchId),
 }
 
-/// Reusable buffers for many reverse sweeps over one graph and point.
+/// Granularity (elements) of the dirty map of the adjoint buffer: a matrix–vector node's
+/// weight adjoint is written row by row, and only the chunks of the rows it wrote are read
+/// back (into the gradient) and cleared after the sweep.
+const CHUNK: usize = 64;
+
+/// Which parts of the adjoint buffer a sweep wrote, so that the next sweep starts from a zero
+/// buffer without clearing all of it: sweeps seeded at one switch of a batched network reach
+/// one sample's nodes and a few weight rows, and cost that, not the whole graph (THEORY §2,
+/// "computing the reduced data by sweeps").
+struct Marks {
+    /// Node to be visited (its adjoint may be nonzero).
+    touched: Vec<bool>,
+    /// Node whose whole slot may have been written (else only its dirty chunks).
+    full: Vec<bool>,
+    /// Chunks of the adjoint buffer written by weight-row updates.
+    dirty: Vec<bool>,
+    /// Touched nodes, in the order they were first touched.
+    visited: Vec<usize>,
+}
+
+impl Marks {
+    fn new(nodes: usize, total: usize) -> Self {
+        Marks {
+            touched: vec![false; nodes],
+            full: vec![false; nodes],
+            dirty: vec![false; total.div_ceil(CHUNK)],
+            visited: Vec::new(),
+        }
+    }
+
+    fn touch(&mut self, i: usize) {
+        if !self.touched[i] {
+            self.touched[i] = true;
+            self.visited.push(i);
+        }
+    }
+
+    /// The adjoint of node `id` may be nonzero anywhere in its slot.
+    fn mark(&mut self, id: NodeId) {
+        self.touch(id.index());
+        self.full[id.index()] = true;
+    }
+
+    /// `len` elements at buffer position `at`, inside the slot of node `id`, were written.
+    fn mark_range(&mut self, id: NodeId, at: usize, len: usize) {
+        self.touch(id.index());
+        if len > 0 {
+            for c in at / CHUNK..=(at + len - 1) / CHUNK {
+                self.dirty[c] = true;
+            }
+        }
+    }
+
+    /// Call `f(start, end)` on the written sub-ranges of a slot: all of it for a `full` node,
+    /// else its dirty chunks (clipped to the slot, adjacent ones merged).
+    fn for_ranges(&self, full: bool, off: usize, len: usize, mut f: impl FnMut(usize, usize)) {
+        if full || len == 0 {
+            return f(off, off + len);
+        }
+        let end = off + len;
+        let mut run: Option<(usize, usize)> = None;
+        for c in off / CHUNK..=(end - 1) / CHUNK {
+            if self.dirty[c] {
+                let (a, b) = ((c * CHUNK).max(off), ((c + 1) * CHUNK).min(end));
+                run = match run {
+                    Some((s, e)) if e == a => Some((s, b)),
+                    Some((s, e)) => {
+                        f(s, e);
+                        Some((a, b))
+                    }
+                    None => Some((a, b)),
+                };
+            }
+        }
+        if let Some((s, e)) = run {
+            f(s, e);
+        }
+    }
+
+    /// Zero what the sweep wrote and forget the marks. Chunks may straddle two nodes, so all
+    /// slots are cleared before any chunk flag is reset.
+    fn clear(&mut self, g: &Graph, adj: &mut [f64]) {
+        for &i in &self.visited {
+            let node = &g.nodes()[i];
+            self.for_ranges(self.full[i], node.offset, node.len, |a, b| {
+                adj[a..b].iter_mut().for_each(|v| *v = 0.0)
+            });
+        }
+        for &i in &self.visited {
+            let node = &g.nodes()[i];
+            let (off, len) = (node.offset, node.len);
+            if len > 0 {
+                for c in off / CHUNK..=(off + len - 1) / CHUNK {
+                    self.dirty[c] = false;
+                }
+            }
+            self.touched[i] = false;
+            self.full[i] = false;
+        }
+        self.visited.clear();
+    }
+}
+
+/// The gradient of a sweep, as the sweep produces it: dense, or as `(index, value)` entries
+/// of the variables it reached.
+enum GradSink {
+    Dense(Vec<f64>),
+    Entries(Vec<(usize, f64)>),
+}
+
+/// Result of a reverse sweep with a sparse gradient: the nonzero entries of the adjoint
+/// reaching x (ascending indices) and the adjoints at the stopped switches.
+#[derive(Debug, Clone, Default)]
+pub struct SparseAdjoint {
+    /// Indices of the nonzero gradient entries, ascending.
+    pub idx: Vec<usize>,
+    /// Their values.
+    pub val: Vec<f64>,
+    /// `(switch, adjoint arriving at |z_switch|)`, nonzero entries only, ascending switch.
+    pub stopped: Vec<(SwitchId, f64)>,
+}
+
+/// Reusable buffers for many reverse sweeps over one graph and point. The adjoint buffer is
+/// kept zero between sweeps; a sweep visits only the nodes its seed reaches and clears only
+/// what it wrote.
 pub struct ReverseSweeper<'a> {
     g: &'a Graph,
     ev: &'a Evaluation,
     adj: Vec<f64>,
-    touched: Vec<bool>,
+    marks: Marks,
     /// For each node, if it is an abs node: its index in `g.abs_nodes()`.
     abs_index: Vec<u32>,
 }
@@ -408,13 +532,57 @@ impl<'a> ReverseSweeper<'a> {
             g,
             ev,
             adj: vec![0.0; g.total_len()],
-            touched: vec![false; g.nodes().len()],
+            marks: Marks::new(g.nodes().len(), g.total_len()),
             abs_index,
         }
     }
 
     /// One reverse sweep from `seed` with `rules[i]` applied at switch i.
     pub fn sweep(&mut self, seed: Seed, rules: &[AbsRule]) -> Result<Adjoint, EvalError> {
+        let (sink, stopped) = self.run(seed, rules, GradSink::Dense(vec![0.0; self.g.n_vars()]))?;
+        let GradSink::Dense(grad) = sink else {
+            unreachable!("a dense sink stays dense")
+        };
+        Ok(Adjoint { grad, stopped })
+    }
+
+    /// One reverse sweep from `seed`, returning only the nonzero gradient entries (the same
+    /// numbers as [`Self::sweep`]; the cost is that of the nodes the seed reaches).
+    pub fn sweep_sparse(
+        &mut self,
+        seed: Seed,
+        rules: &[AbsRule],
+    ) -> Result<SparseAdjoint, EvalError> {
+        let (sink, stopped) = self.run(seed, rules, GradSink::Entries(Vec::new()))?;
+        let GradSink::Entries(mut e) = sink else {
+            unreachable!("an entry sink stays one")
+        };
+        // stable: entries of one index (overlapping variable nodes) keep the visiting order,
+        // so their sum is the dense sweep's, bit for bit
+        e.sort_by_key(|t| t.0);
+        let (mut idx, mut val) = (Vec::with_capacity(e.len()), Vec::with_capacity(e.len()));
+        let mut t = 0;
+        while t < e.len() {
+            let p = e[t].0;
+            let mut s = 0.0;
+            while t < e.len() && e[t].0 == p {
+                s += e[t].1;
+                t += 1;
+            }
+            if s != 0.0 {
+                idx.push(p);
+                val.push(s);
+            }
+        }
+        Ok(SparseAdjoint { idx, val, stopped })
+    }
+
+    fn run(
+        &mut self,
+        seed: Seed,
+        rules: &[AbsRule],
+        mut grad: GradSink,
+    ) -> Result<(GradSink, Vec<(SwitchId, f64)>), EvalError> {
         let g = self.g;
         let vals = &self.ev.values;
         let (start, seed_off) = match seed {
@@ -428,30 +596,37 @@ impl<'a> ReverseSweeper<'a> {
                 (arg, g.node(arg).offset + e)
             }
         };
-        self.adj.iter_mut().for_each(|a| *a = 0.0);
-        self.touched.iter_mut().for_each(|t| *t = false);
-        self.adj[seed_off] = 1.0;
-        self.touched[start.index()] = true;
-        let mut grad = vec![0.0; g.n_vars()];
         let mut stopped = Vec::new();
         let adj = &mut self.adj;
-        let touched = &mut self.touched;
+        let m = &mut self.marks;
+        adj[seed_off] = 1.0;
+        m.mark(start);
         for i in (0..=start.index()).rev() {
-            if !touched[i] {
+            if !m.touched[i] {
                 continue;
             }
             let node = &g.nodes()[i];
             let (off, len) = (node.offset, node.len);
-            let mut mark = |id: NodeId| touched[id.index()] = true;
             let slot = |id: NodeId| {
                 let n = g.node(id);
                 (n.offset, n.len)
             };
             match &node.op {
                 Op::Var { offset } => {
-                    for k in 0..len {
-                        grad[offset + k] += adj[off + k];
-                    }
+                    let xo = offset.wrapping_sub(off);
+                    let adj = &*adj;
+                    m.for_ranges(m.full[i], off, len, |a, b| match &mut grad {
+                        GradSink::Dense(d) => {
+                            for p in a..b {
+                                d[p.wrapping_add(xo)] += adj[p];
+                            }
+                        }
+                        GradSink::Entries(e) => e.extend(
+                            (a..b)
+                                .filter(|&p| adj[p] != 0.0)
+                                .map(|p| (p.wrapping_add(xo), adj[p])),
+                        ),
+                    });
                 }
                 Op::Const(_) => {}
                 Op::Add(a, b) | Op::Sub(a, b) => {
@@ -466,8 +641,8 @@ impl<'a> ReverseSweeper<'a> {
                         adj[oa + bidx(la, k)] += l;
                         adj[ob + bidx(lb, k)] += sb * l;
                     }
-                    mark(*a);
-                    mark(*b);
+                    m.mark(*a);
+                    m.mark(*b);
                 }
                 Op::Mul(a, b) => {
                     let ((oa, la), (ob, lb)) = (slot(*a), slot(*b));
@@ -477,8 +652,8 @@ impl<'a> ReverseSweeper<'a> {
                         adj[oa + bidx(la, k)] += l * vb;
                         adj[ob + bidx(lb, k)] += l * va;
                     }
-                    mark(*a);
-                    mark(*b);
+                    m.mark(*a);
+                    m.mark(*b);
                 }
                 Op::Div(a, b) => {
                     let ((oa, la), (ob, lb)) = (slot(*a), slot(*b));
@@ -489,15 +664,15 @@ impl<'a> ReverseSweeper<'a> {
                         adj[oa + bidx(la, k)] += l / vb;
                         adj[ob + bidx(lb, k)] -= l * v / vb;
                     }
-                    mark(*a);
-                    mark(*b);
+                    m.mark(*a);
+                    m.mark(*b);
                 }
                 Op::Neg(a) => {
                     let (oa, _) = slot(*a);
                     for k in 0..len {
                         adj[oa + k] -= adj[off + k];
                     }
-                    mark(*a);
+                    m.mark(*a);
                 }
                 Op::PowI(a, p) => {
                     let (oa, _) = slot(*a);
@@ -505,14 +680,14 @@ impl<'a> ReverseSweeper<'a> {
                         let t = vals[oa + k];
                         adj[oa + k] += adj[off + k] * (*p as f64) * t.powi(p - 1);
                     }
-                    mark(*a);
+                    m.mark(*a);
                 }
                 Op::Unary(f, a) => {
                     let (oa, _) = slot(*a);
                     for k in 0..len {
                         adj[oa + k] += adj[off + k] * smooth_deriv(*f, vals[oa + k], vals[off + k]);
                     }
-                    mark(*a);
+                    m.mark(*a);
                 }
                 Op::Abs(a) => {
                     let an = &g.abs_nodes()[self.abs_index[i] as usize];
@@ -532,7 +707,7 @@ impl<'a> ReverseSweeper<'a> {
                         }
                     }
                     if any {
-                        mark(*a);
+                        m.mark(*a);
                     }
                 }
                 Op::MatVec { w, x, rows } => {
@@ -541,21 +716,28 @@ impl<'a> ReverseSweeper<'a> {
                     let xdep = g.node(*x).depends;
                     if w != x {
                         // The slots of the output, W and x are disjoint: split the adjoint
-                        // buffer so that both updates are plain (vectorized) axpys.
+                        // buffer so that both updates are plain (vectorized) axpys. Only the
+                        // rows of W with a nonzero output adjoint are written (and marked).
                         let (lo, hi) = adj.split_at_mut(off);
                         let ladj = &hi[..*rows];
                         let (aw, ax) = disjoint_mut(lo, (ow, rows * lx), (ox, lx));
                         let xv = &vals[ox..ox + lx];
+                        let mut any = false;
                         for (r, &l) in ladj.iter().enumerate() {
                             if l == 0.0 {
                                 continue;
                             }
+                            any = true;
                             if wdep {
                                 axpy(l, xv, &mut aw[r * lx..(r + 1) * lx]);
+                                m.mark_range(*w, ow + r * lx, lx);
                             }
                             if xdep {
                                 axpy(l, &vals[ow + r * lx..ow + (r + 1) * lx], ax);
                             }
+                        }
+                        if any && xdep {
+                            m.mark(*x);
                         }
                     } else {
                         for r in 0..*rows {
@@ -568,12 +750,9 @@ impl<'a> ReverseSweeper<'a> {
                                 adj[ox + j] += l * vals[ow + r * lx + j];
                             }
                         }
-                    }
-                    if wdep {
-                        mark(*w);
-                    }
-                    if xdep {
-                        mark(*x);
+                        if wdep {
+                            m.mark(*w);
+                        }
                     }
                 }
                 Op::Sum(a) => {
@@ -582,14 +761,14 @@ impl<'a> ReverseSweeper<'a> {
                     for k in 0..la {
                         adj[oa + k] += l;
                     }
-                    mark(*a);
+                    m.mark(*a);
                 }
                 Op::Gather(a, idx) => {
                     let (oa, _) = slot(*a);
                     for (k, &j) in idx.iter().enumerate() {
                         adj[oa + j] += adj[off + k];
                     }
-                    mark(*a);
+                    m.mark(*a);
                 }
                 Op::Concat(parts) => {
                     let mut k = off;
@@ -599,7 +778,7 @@ impl<'a> ReverseSweeper<'a> {
                             adj[op_ + t] += adj[k + t];
                         }
                         k += lp;
-                        mark(*p);
+                        m.mark(*p);
                     }
                 }
                 Op::LogSumExp(a) => {
@@ -609,12 +788,13 @@ impl<'a> ReverseSweeper<'a> {
                     for k in 0..la {
                         adj[oa + k] += l * (vals[oa + k] - v).exp();
                     }
-                    mark(*a);
+                    m.mark(*a);
                 }
             }
         }
+        m.clear(g, adj);
         stopped.sort_by_key(|s| s.0);
-        Ok(Adjoint { grad, stopped })
+        Ok((grad, stopped))
     }
 }
 
@@ -820,4 +1000,101 @@ pub fn ad(
 ) -> Result<Vec<f64>, EvalError> {
     let rules = convention_rules(states, conv);
     Ok(ReverseSweeper::new(g, ev).sweep(Seed::Output, &rules)?.grad)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::anf::SparseRow;
+
+    /// Every sweep of one reused sweeper (so the partial clearing between sweeps is exercised)
+    /// gives, sparse, exactly the nonzeros of a dense sweep on fresh buffers.
+    fn sparse_equals_dense(g: &Graph, x: &[f64]) {
+        let ev = evaluate(g, x).unwrap();
+        let s = g.n_switches();
+        let mut seeds: Vec<Seed> = (0..s).map(|i| Seed::Switch(SwitchId(i))).collect();
+        seeds.push(Seed::Output);
+        let rule_sets: Vec<Vec<AbsRule>> = vec![
+            vec![AbsRule::Stop; s],
+            (0..s)
+                .map(|i| match i % 3 {
+                    0 => AbsRule::Stop,
+                    1 => AbsRule::Factor(1.0),
+                    _ => AbsRule::Factor(-0.5),
+                })
+                .collect(),
+        ];
+        let mut sw = ReverseSweeper::new(g, &ev);
+        for rules in &rule_sets {
+            for &seed in seeds.iter().chain(seeds.iter().rev()) {
+                let dense = ReverseSweeper::new(g, &ev).sweep(seed, rules).unwrap();
+                let sp = sw.sweep_sparse(seed, rules).unwrap();
+                let want = SparseRow::from_dense(&dense.grad);
+                assert_eq!(sp.idx, want.idx);
+                let bits = |v: &[f64]| v.iter().map(|c| c.to_bits()).collect::<Vec<_>>();
+                assert_eq!(bits(&sp.val), bits(&want.val));
+                assert_eq!(sp.stopped, dense.stopped);
+                let again = sw.sweep(seed, rules).unwrap();
+                assert_eq!(bits(&again.grad), bits(&dense.grad));
+            }
+        }
+    }
+
+    #[test]
+    fn sparse_sweeps_equal_dense_sweeps_on_programs() {
+        for (src, x) in [
+            ("vars x; u = abs(x); f = abs(x + 2*u) - 2*u", vec![0.0]),
+            ("vars x, y; f = max(relu(x - y), abs(x*y)) + relu(-x)", vec![0.0, 0.0]),
+            ("vars a, b, c; f = tanh(relu(a + b) - relu(b - c)) * abs(c)", vec![1.0, -1.0, 0.5]),
+        ] {
+            sparse_equals_dense(&crate::compile(src).unwrap().graph, &x);
+        }
+    }
+
+    #[test]
+    fn sparse_sweeps_equal_dense_sweeps_on_a_batched_network() {
+        // wide enough that weight rows span several chunks and straddle chunk borders
+        use crate::frontend::network::{Data, Layer, Loss, Network, Wrt};
+        let (k, r, batch) = (150, 7, 3);
+        let w = |rows: usize, cols: usize, s: usize| -> Vec<Vec<f64>> {
+            (0..rows)
+                .map(|i| {
+                    (0..cols)
+                        .map(|j| ((i * 31 + j * 17 + s) % 9) as f64 / 8.0 - 0.5)
+                        .collect()
+                })
+                .collect()
+        };
+        let mut inputs = w(batch, k, 5);
+        inputs[1] = inputs[0].clone();
+        let mut w1 = w(r, k, 1);
+        w1[2] = vec![0.0; k];
+        let net = Network {
+            layers: vec![
+                Layer::Dense {
+                    weights: w1,
+                    bias: vec![0.0, 0.25, 0.0, -0.5, 0.125, 0.0, 1.0],
+                },
+                Layer::Relu,
+                Layer::Dense {
+                    weights: w(2, r, 3),
+                    bias: vec![0.0, 0.5],
+                },
+            ],
+            loss: Some(Loss::CrossEntropy),
+            data: Some(Data {
+                inputs,
+                targets: Some(vec![vec![1.0, 0.0], vec![0.0, 1.0], vec![0.5, 0.5]]),
+            }),
+            wrt: Some(Wrt::Params),
+        };
+        let p = net.problem(None, None, None).unwrap();
+        sparse_equals_dense(&p.graph, p.point.as_ref().unwrap());
+        let net = Network {
+            wrt: Some(Wrt::Inputs),
+            ..net
+        };
+        let p = net.problem(None, None, None).unwrap();
+        sparse_equals_dense(&p.graph, p.point.as_ref().unwrap());
+    }
 }
