@@ -309,6 +309,37 @@ impl ReducedSpace {
             .collect()
     }
 
+    /// Under LIKQ, a witness of the sign pattern σ ∈ {±1}^k without a linear program (the
+    /// construction of Theorem A, THEORY §5.1): the rows u_i(σ) are independent, so R e = σ
+    /// (R the k×k matrix of the rows) has a solution, scaled to ‖e‖∞ = 1. Returns the strict
+    /// margin min_i σ_i u_i·e / ‖u_i‖∞ computed from the rows (a checked number, not an
+    /// assumption) and e; `None` when LIKQ fails or the margin is not above τ_lp.
+    pub fn likq_witness(&self, data: &ActiveData, sigma: &[f64]) -> Option<(f64, Vec<f64>)> {
+        if !self.likq() || self.k == 0 || self.r != self.k {
+            return None;
+        }
+        let rows = self.rows(data, sigma);
+        let k = self.k;
+        let m = DMatrix::from_fn(k, k, |i, c| rows[i][c]);
+        let rhs = nalgebra::DVector::from_column_slice(sigma);
+        let e = m.lu().solve(&rhs)?;
+        let scale = e.iter().fold(0.0f64, |a, v| a.max(v.abs()));
+        if !(scale.is_finite() && scale > 0.0) {
+            return None;
+        }
+        let e: Vec<f64> = e.iter().map(|v| v / scale).collect();
+        let mut margin = f64::INFINITY;
+        for i in 0..k {
+            let norm = lp::max_abs(&rows[i]);
+            if norm <= self.zero_tol() {
+                return None;
+            }
+            let v: f64 = rows[i].iter().zip(&e).map(|(a, b)| a * b).sum();
+            margin = margin.min(sigma[i] * v / norm);
+        }
+        (margin > TAU_LP).then_some((margin, e))
+    }
+
     /// Is the sign pattern σ ∈ {±1}^k PL-realized (strict LP margin above τ_lp)? Returns the
     /// margin and the reduced witness.
     pub fn strict_margin(

@@ -12,7 +12,8 @@ a temporary directory. Then, in one run:
   --loss cross_entropy --json` end to end (process start to JSON written), median of
   several runs, for every binary given (e.g. a copy of the binary before a change);
 * checks that kinkcheck's gradient equals PyTorch's (max |difference| relative to max |g|);
-* prints both times and the ratio, and the peak resident memory of the kinkcheck runs.
+* prints both times and the ratio, and the peak resident memory of one kinkcheck run
+  (`/usr/bin/time -f %M`).
 
 Usage:
     python3 tools/bench_mlp_vs_torch.py [--widths 784,256,256,10] [--batch 64] [--single 36]
@@ -26,7 +27,6 @@ compare binaries only within one run.
 import argparse
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -203,8 +203,14 @@ def main():
         )
         if not ok:
             sys.exit(1)
-    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
-    print(f"peak resident memory of the largest kinkcheck run: {peak:.0f} MB")
+    if os.path.exists("/usr/bin/time"):
+        for b in bins:
+            with open(out_path, "wb") as out:
+                p = subprocess.run(
+                    ["/usr/bin/time", "-f", "%M"] + [b] + args, stdout=out, stderr=subprocess.PIPE
+                )
+            kb = int(p.stderr.decode().strip().splitlines()[-1])
+            print(f"peak resident memory (/usr/bin/time) of {b}: {kb / 1024:.0f} MB")
     if tmp:
         tmp.cleanup()
 
