@@ -66,10 +66,14 @@ fn main() -> Result<(), kinkcheck::Error> {
     lap("analyzer", &mut rows);
     let cert = kinkcheck::pieces::support_certificate(&data, &space, &sigma, &grad, 64);
     lap("weight-support certificate", &mut rows);
-    println!("support certificate: {:?}", cert.as_ref().map(|c| (&c.reason, c.pieces.len())));
-    if let Ok((t, _)) = space.strict_margin(&data, &sigma) {
-        println!("strict margin of σ̃: {t:e}");
-    }
+    println!(
+        "support certificate: {:?}",
+        cert.as_ref().map(|c| (&c.reason, c.pieces.len()))
+    );
+    println!(
+        "LIKQ witness margin of σ̃: {:?}",
+        space.likq_witness(&data, &sigma).map(|w| w.0)
+    );
     let sum: f64 = rows.iter().map(|r| r.1).sum();
     let opts = VerifyOptions::new(conv);
     let r = kinkcheck::verify(&p, &x, &opts)?;

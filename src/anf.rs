@@ -64,7 +64,13 @@ pub fn abs_normal_form(g: &Graph, ev: &Evaluation) -> Result<AbsNormalForm, Eval
     let mut l_rows = Vec::with_capacity(s);
     for i in 0..s {
         let adj = sw.sweep_sparse(Seed::Switch(SwitchId(i)), &rules)?;
-        z_rows.push(adj.idx.iter().copied().zip(adj.val.iter().copied()).collect());
+        z_rows.push(
+            adj.idx
+                .iter()
+                .copied()
+                .zip(adj.val.iter().copied())
+                .collect(),
+        );
         l_rows.push(adj.stopped.iter().map(|&(j, v)| (j.0, v)).collect());
     }
     let out = sw.sweep(Seed::Output, &rules)?;

@@ -390,7 +390,10 @@ mod tests {
         for i in 0..k {
             for j in 0..k {
                 // bitwise: same products, added in the same order
-                assert_eq!(g[(i, j)].to_bits(), data.row_dot(i.max(j), i.min(j)).to_bits());
+                assert_eq!(
+                    g[(i, j)].to_bits(),
+                    data.row_dot(i.max(j), i.min(j)).to_bits()
+                );
             }
         }
     }
