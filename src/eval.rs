@@ -650,6 +650,15 @@ impl Marks {
     /// Zero what the sweep wrote and forget the marks. Chunks may straddle two nodes, so all
     /// slots are cleared before any chunk flag is reset.
     fn clear(&mut self, g: &Graph, adj: &mut [f64]) {
+        if 4 * self.visited.len() >= g.nodes().len() {
+            // a sweep that reached most of the graph: clearing everything is cheaper
+            adj.iter_mut().for_each(|v| *v = 0.0);
+            self.touched.iter_mut().for_each(|t| *t = false);
+            self.full.iter_mut().for_each(|t| *t = false);
+            self.dirty.iter_mut().for_each(|t| *t = false);
+            self.visited.clear();
+            return;
+        }
         for &i in &self.visited {
             let node = &g.nodes()[i];
             self.for_ranges(self.full[i], node.offset, node.len, |a, b| {
