@@ -46,6 +46,8 @@ pub enum Smooth {
     Softplus,
     Sin,
     Cos,
+    /// The error function erf (ONNX `Erf`, exact `Gelu`).
+    Erf,
 }
 
 impl Smooth {
@@ -60,6 +62,7 @@ impl Smooth {
             Smooth::Softplus => "softplus",
             Smooth::Sin => "sin",
             Smooth::Cos => "cos",
+            Smooth::Erf => "erf",
         }
     }
 }

@@ -123,6 +123,8 @@ struct Ctx<'m> {
     offsets: HashMap<&'m str, usize>,
     /// Tensor values built so far (shared by all samples).
     cache: HashMap<String, Value>,
+    /// The rule for two-sided `Clip` nodes.
+    clip: ClipRule,
 }
 
 impl<'m> Ctx<'m> {
@@ -151,8 +153,40 @@ impl<'m> Ctx<'m> {
     }
 }
 
+/// Which PyTorch operator an ONNX `Clip` with two bounds stands for (`--clip`, CONTRACT §2).
+///
+/// `torch.clamp`, `nn.Hardtanh`/`F.hardtanh` and `nn.ReLU6` all export as `Clip`, but their
+/// backward passes differ exactly at a bound. Checked in torch 2.15 (float64, CPU) with
+/// `tools/gen_torch_models.py --check-rules`: the gradient of `F.hardtanh(x, lo, hi)` and of
+/// `nn.ReLU6()(x)` is 0 at `x = lo` and at `x = hi` (for lo, hi = −1, 1; 0, 6; −0.5, 2.25),
+/// that of `torch.clamp(x, lo, hi)` is 1 at both bounds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ClipRule {
+    /// `nn.Hardtanh`/`nn.ReLU6` (the default, activation layers): derivative 0 at a bound;
+    /// the switches get the hardtanh roles ([`Role::HardtanhLo`]/[`Role::HardtanhHi`],
+    /// [`Role::Relu6Lo`]/[`Role::Relu6Hi`] when the bounds are 0 and 6).
+    #[default]
+    Hardtanh,
+    /// `torch.clamp`: derivative 1 at a bound ([`Role::ClampLo`]/[`Role::ClampHi`]).
+    Clamp,
+}
+
+impl std::str::FromStr for ClipRule {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self, Error> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "hardtanh" | "relu6" => Ok(ClipRule::Hardtanh),
+            "clamp" => Ok(ClipRule::Clamp),
+            other => Err(Error::input(format!(
+                "unknown --clip rule '{other}' (expected clamp or hardtanh)"
+            ))),
+        }
+    }
+}
+
 /// Lower `model` over the batch `data` into an objective. `wrt` defaults to `params`, `loss`
-/// to `mse` when the data have targets and `none` otherwise.
+/// to `mse` when the data have targets and `none` otherwise. `Clip` nodes use the default
+/// [`ClipRule`] (see [`problem_with`]).
 ///
 /// ```
 /// use kinkcheck::frontend::{network::Data, onnx};
@@ -167,6 +201,17 @@ pub fn problem(
     data: &Data,
     wrt: Option<Wrt>,
     loss: Option<Loss>,
+) -> Result<Problem, Error> {
+    problem_with(model, data, wrt, loss, ClipRule::default())
+}
+
+/// [`problem`] with an explicit rule for two-sided `Clip` nodes.
+pub fn problem_with(
+    model: &Model,
+    data: &Data,
+    wrt: Option<Wrt>,
+    loss: Option<Loss>,
+    clip: ClipRule,
 ) -> Result<Problem, Error> {
     let wrt = wrt.unwrap_or(Wrt::Params);
     let loss = loss.unwrap_or(if data.targets.is_some() {
@@ -237,6 +282,7 @@ pub fn problem(
         model,
         offsets,
         cache: HashMap::new(),
+        clip,
     };
 
     let mut losses = Vec::with_capacity(n_samples);
@@ -557,6 +603,9 @@ fn lower_node(
                 (c(g, node.attr_f("min"))?, c(g, node.attr_f("max"))?)
             };
             let out = match (lo, hi) {
+                (Some(lo), Some(hi)) if ctx.clip == ClipRule::Hardtanh => {
+                    clip_hardtanh(g, x.node, lo, hi, origin)?
+                }
                 (Some(lo), Some(hi)) => lower::clamp(g, x.node, lo, hi, origin)?,
                 (Some(lo), None) => lower::max2(g, x.node, lo, Role::ClampLo, origin)?,
                 (None, Some(hi)) => clamp_hi_only(g, x.node, hi, origin)?,
@@ -833,6 +882,33 @@ fn lower_node(
         }
         _ => return Err(unsupported(node)),
     })
+}
+
+/// A two-sided `Clip` under [`ClipRule::Hardtanh`]: the clamp form
+/// `(lo + hi + |x − lo| − |x − hi|)/2` of THEORY §1 with switches `z1 = x − lo`,
+/// `z2 = x − hi`, whose roles are the hardtanh ones (the relu6 ones for the bounds 0 and 6),
+/// so PyTorch's rule gives derivative 0 at a bound as `F.hardtanh` and `nn.ReLU6` do.
+fn clip_hardtanh(
+    g: &mut Graph,
+    x: NodeId,
+    lo: NodeId,
+    hi: NodeId,
+    origin: Origin,
+) -> Result<NodeId, Error> {
+    let relu6 = g.const_value(lo) == Some(&[0.0][..]) && g.const_value(hi) == Some(&[6.0][..]);
+    let roles = if relu6 {
+        (Role::Relu6Lo, Role::Relu6Hi)
+    } else {
+        (Role::HardtanhLo, Role::HardtanhHi)
+    };
+    let z1 = g.sub(x, lo)?;
+    let z2 = g.sub(x, hi)?;
+    let u1 = g.abs(z1, roles.0, origin.clone());
+    let u2 = g.abs(z2, roles.1, origin);
+    let s = g.add(lo, hi)?;
+    let s = g.add(s, u1)?;
+    let s = g.sub(s, u2)?;
+    Ok(g.scale(0.5, s)?)
 }
 
 /// `min(x, hi) = (x + hi − |x − hi|)/2` with the clamp's upper switch `z = x − hi`
