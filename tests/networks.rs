@@ -737,7 +737,7 @@ fn onnx_errors_are_one_line() {
     let e = onnx::problem(&model, &data, None, None)
         .unwrap_err()
         .to_string();
-    assert_eq!(e, "unsupported ONNX op 'Conv' at node 'conv1'");
+    assert_eq!(e, "unsupported ONNX op 'Floor' at node 'floor1'");
     let model = onnx_model("mlp_small.onnx");
     let data = Data::from_json(r#"{"inputs": [[1, 2, 3]]}"#).unwrap();
     let e = onnx::problem(&model, &data, None, None)
@@ -887,7 +887,7 @@ fn cli_onnx() {
         "--data",
         "fixtures/networks/e12_data.json",
     ]);
-    assert_usage_error(&out, "unsupported ONNX op 'Conv' at node 'conv1'");
+    assert_usage_error(&out, "unsupported ONNX op 'Floor' at node 'floor1'");
     let out = kinkcheck(&[
         "verify",
         "fixtures/onnx/external.onnx",
