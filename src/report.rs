@@ -405,13 +405,13 @@ fn clip_assumptions(g: &Graph, states: &[SwitchState]) -> Vec<String> {
         };
         let rule = match an.role {
             crate::graph::Role::ClampLo | crate::graph::Role::ClampHi => {
-                "clamp rule (torch.clamp: derivative 1 at a bound; --clip hardtanh for nn.Hardtanh/nn.ReLU6)"
+                "clamp rule (derivative 1 at a bound; --clip hardtanh for nn.Hardtanh/nn.ReLU6, and torch.clamp with number bounds in torch 2.15)"
             }
             crate::graph::Role::HardtanhLo
             | crate::graph::Role::HardtanhHi
             | crate::graph::Role::Relu6Lo
             | crate::graph::Role::Relu6Hi => {
-                "hardtanh rule (nn.Hardtanh/nn.ReLU6: derivative 0 at a bound; --clip clamp for torch.clamp)"
+                "hardtanh rule (derivative 0 at a bound, as nn.Hardtanh, nn.ReLU6 and torch.clamp with number bounds in torch 2.15; --clip clamp for derivative 1)"
             }
             _ => continue,
         };

@@ -153,21 +153,27 @@ impl<'m> Ctx<'m> {
     }
 }
 
-/// Which PyTorch operator an ONNX `Clip` with two bounds stands for (`--clip`, CONTRACT §2).
+/// The AD rule assumed for ONNX `Clip` at a bound (`--clip`, CONTRACT §2).
 ///
-/// `torch.clamp`, `nn.Hardtanh`/`F.hardtanh` and `nn.ReLU6` all export as `Clip`, but their
-/// backward passes differ exactly at a bound. Checked in torch 2.15 (float64, CPU) with
-/// `tools/gen_torch_models.py --check-rules`: the gradient of `F.hardtanh(x, lo, hi)` and of
-/// `nn.ReLU6()(x)` is 0 at `x = lo` and at `x = hi` (for lo, hi = −1, 1; 0, 6; −0.5, 2.25),
-/// that of `torch.clamp(x, lo, hi)` is 1 at both bounds.
+/// `torch.clamp`, `nn.Hardtanh`/`F.hardtanh` and `nn.ReLU6` all export as `Clip`. Checked
+/// in torch 2.15 (float64, CPU; `python3 tools/gen_torch_models.py --check-rules`, recorded
+/// in `fixtures/torch/torch_rules.json`): the gradient of `F.hardtanh(x, lo, hi)` and
+/// `nn.ReLU6()(x)` is 0 at `x = lo` and at `x = hi` (lo, hi = −1, 1; 0, 6; −0.5, 2.25) —
+/// and so is that of `torch.clamp(x, lo, hi)` with number bounds and of
+/// `torch.clamp(x, min=lo)` / `torch.clamp(x, max=hi)`. (`torch.clamp` with *tensor* bounds
+/// gives ½, a min/max tie; the derivative 1 of [`ClipRule::Clamp`] is what THEORY §3 lists
+/// for clamp, but torch 2.15 no longer computes it for number bounds.) One-sided `Clip`s
+/// follow the same rule.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum ClipRule {
-    /// `nn.Hardtanh`/`nn.ReLU6` (the default, activation layers): derivative 0 at a bound;
+    /// `nn.Hardtanh`/`nn.ReLU6` (the default; in torch 2.15 also `torch.clamp` with number
+    /// bounds): derivative 0 at a bound;
     /// the switches get the hardtanh roles ([`Role::HardtanhLo`]/[`Role::HardtanhHi`],
     /// [`Role::Relu6Lo`]/[`Role::Relu6Hi`] when the bounds are 0 and 6).
     #[default]
     Hardtanh,
-    /// `torch.clamp`: derivative 1 at a bound ([`Role::ClampLo`]/[`Role::ClampHi`]).
+    /// The clamp rule of THEORY §3: derivative 1 at a bound ([`Role::ClampLo`]/
+    /// [`Role::ClampHi`] under the `pytorch` convention).
     Clamp,
 }
 
@@ -627,8 +633,20 @@ fn lower_node(
                     clip_hardtanh(g, x.node, lo, hi, origin)?
                 }
                 (Some(lo), Some(hi)) => lower::clamp(g, x.node, lo, hi, origin)?,
-                (Some(lo), None) => lower::max2(g, x.node, lo, Role::ClampLo, origin)?,
-                (None, Some(hi)) => clamp_hi_only(g, x.node, hi, origin)?,
+                (Some(lo), None) => {
+                    let role = match ctx.clip {
+                        ClipRule::Hardtanh => Role::HardtanhLo,
+                        ClipRule::Clamp => Role::ClampLo,
+                    };
+                    lower::max2(g, x.node, lo, role, origin)?
+                }
+                (None, Some(hi)) => {
+                    let role = match ctx.clip {
+                        ClipRule::Hardtanh => Role::HardtanhHi,
+                        ClipRule::Clamp => Role::ClampHi,
+                    };
+                    clamp_hi_only(g, x.node, hi, role, origin)?
+                }
                 (None, None) => x.node,
             };
             same(&x, out)
@@ -1783,9 +1801,15 @@ fn clip_hardtanh(
 
 /// `min(x, hi) = (x + hi − |x − hi|)/2` with the clamp's upper switch `z = x − hi`
 /// ([`Role::ClampHi`]), so that a one-sided `Clip` follows the clamp convention.
-fn clamp_hi_only(g: &mut Graph, x: NodeId, hi: NodeId, origin: Origin) -> Result<NodeId, Error> {
+fn clamp_hi_only(
+    g: &mut Graph,
+    x: NodeId,
+    hi: NodeId,
+    role: Role,
+    origin: Origin,
+) -> Result<NodeId, Error> {
     let z = g.sub(x, hi)?;
-    let u = g.abs(z, Role::ClampHi, origin);
+    let u = g.abs(z, role, origin);
     let s = g.add(x, hi)?;
     let s = g.sub(s, u)?;
     Ok(g.scale(0.5, s)?)
@@ -2060,22 +2084,23 @@ mod tests {
             let m = model(opset, &[None, Some(1)], inits, vec![n]);
             problem(&m, &data(&[&[0.5]]), Some(Wrt::Inputs), None).unwrap()
         };
-        // min only: max(x, lo) with the clamp's lower switch; pytorch passes the gradient
+        // min only: max(x, lo) with the hardtanh lower switch; at the bound pytorch gives 0
+        // (torch.clamp(x, min=lo) in torch 2.15)
         let p = one(
             node("Clip", &["x", "lo"], "y", vec![]),
             vec![tensor("lo", &[], &[0.5])],
             13,
         );
-        assert_eq!(roles(&p), ["clamp.lo"]);
-        assert_eq!(run(&p), (0.5, vec![1.0]));
+        assert_eq!(roles(&p), ["hardtanh.lo"]);
+        assert_eq!(run(&p), (0.5, vec![0.0]));
         // max only (empty min name)
         let p = one(
             node("Clip", &["x", "", "hi"], "y", vec![]),
             vec![tensor("hi", &[], &[0.5])],
             13,
         );
-        assert_eq!(roles(&p), ["clamp.hi"]);
-        assert_eq!(run(&p), (0.5, vec![1.0]));
+        assert_eq!(roles(&p), ["hardtanh.hi"]);
+        assert_eq!(run(&p), (0.5, vec![0.0]));
         // neither: identity
         let p = one(node("Clip", &["x"], "y", vec![]), vec![], 13);
         assert_eq!(p.graph.n_switches(), 0);
