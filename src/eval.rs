@@ -13,7 +13,8 @@
 //! ```
 
 use crate::convention::Convention;
-use crate::graph::{describe_origin, Graph, NodeId, Op, Role, Smooth, SwitchId};
+use crate::graph::{describe_origin, ConvSpec, Graph, NodeId, Op, Role, Smooth, SwitchId};
+use crate::tensor::{self, ConvGeometry};
 use thiserror::Error;
 
 /// A failure to evaluate the program at the point.
@@ -270,6 +271,9 @@ pub fn evaluate(g: &Graph, x: &[f64]) -> Result<Evaluation, EvalError> {
                 let (oa, la) = get(&vals, *a);
                 vals[off] = logsumexp(&vals[oa..oa + la]);
             }
+            Op::Conv { x, w, bias, spec } => {
+                conv_forward_at(g, &mut vals, off, *x, *w, *bias, spec)
+            }
         }
         if let Some(v) = vals[off..off + len].iter().find(|v| !v.is_finite()) {
             return Err(undefined(format!(
@@ -385,6 +389,7 @@ pub fn magnitudes(g: &Graph, ev: &Evaluation) -> Vec<f64> {
                     k += lp;
                 }
             }
+            Op::Conv { x, w, bias, spec } => conv_forward_at(g, &mut m, off, *x, *w, *bias, spec),
             _ => {
                 for k in 0..len {
                     m[off + k] = ev.values[off + k].abs();
@@ -645,6 +650,11 @@ impl<'a> ReverseSweeper<'a> {
                     }
                     mark(*a);
                 }
+                Op::Conv { x, w, bias, spec } => {
+                    for id in conv_reverse_at(g, vals, adj, off, *x, *w, *bias, spec) {
+                        mark(id);
+                    }
+                }
             }
         }
         stopped.sort_by_key(|s| s.0);
@@ -759,6 +769,9 @@ pub fn tangent(
                 let v = vals[off];
                 t[off] = (0..la).map(|k| t[oa + k] * (vals[oa + k] - v).exp()).sum();
             }
+            Op::Conv { x, w, bias, spec } => {
+                conv_tangent_at(g, vals, &mut t, off, *x, *w, *bias, spec)
+            }
         }
     }
     Ok(Tangent {
@@ -854,4 +867,132 @@ pub fn ad(
 ) -> Result<Vec<f64>, EvalError> {
     let rules = convention_rules(states, conv);
     Ok(ReverseSweeper::new(g, ev).sweep(Seed::Output, &rules)?.grad)
+}
+
+/// The slot `offset .. offset + len` of a node in a flat buffer.
+fn window(g: &Graph, id: NodeId) -> std::ops::Range<usize> {
+    let n = g.node(id);
+    n.offset..n.offset + n.len
+}
+
+fn conv_geometry(spec: &ConvSpec) -> ConvGeometry {
+    // Graph::conv validated the spec when it built the node.
+    ConvGeometry::new(spec).expect("convolution spec validated by Graph::conv")
+}
+
+/// `buf[out] = conv(buf[x], buf[w]) + buf[bias]` for a conv node whose slot starts at `off`
+/// (after its operands' slots: node order is topological). Used for values and magnitudes.
+fn conv_forward_at(
+    g: &Graph,
+    buf: &mut [f64],
+    off: usize,
+    x: NodeId,
+    w: NodeId,
+    bias: Option<NodeId>,
+    spec: &ConvSpec,
+) {
+    let geo = conv_geometry(spec);
+    let (lo, hi) = buf.split_at_mut(off);
+    let b = bias.map(|b| &lo[window(g, b)]);
+    tensor::conv_forward(
+        &geo,
+        &lo[window(g, x)],
+        &lo[window(g, w)],
+        b,
+        &mut hi[..geo.y_len()],
+    );
+}
+
+/// Tangent of a conv node: `t[out] = conv(t[x], w) + conv(x, t[w]) + t[bias]`.
+#[allow(clippy::too_many_arguments)]
+fn conv_tangent_at(
+    g: &Graph,
+    vals: &[f64],
+    t: &mut [f64],
+    off: usize,
+    x: NodeId,
+    w: NodeId,
+    bias: Option<NodeId>,
+    spec: &ConvSpec,
+) {
+    let geo = conv_geometry(spec);
+    let (lo, hi) = t.split_at_mut(off);
+    let (wx, ww) = (window(g, x), window(g, w));
+    tensor::conv_tangent(
+        &geo,
+        &vals[wx.clone()],
+        &vals[ww.clone()],
+        &lo[wx],
+        &lo[ww],
+        bias.map(|b| &lo[window(g, b)]),
+        &mut hi[..geo.y_len()],
+    );
+}
+
+/// Reverse step of a conv node: adds its adjoint contributions to the operands that depend on
+/// the variables and returns them (to be marked as touched). Nothing when `ȳ = 0`.
+#[allow(clippy::too_many_arguments)]
+fn conv_reverse_at(
+    g: &Graph,
+    vals: &[f64],
+    adj: &mut [f64],
+    off: usize,
+    x: NodeId,
+    w: NodeId,
+    bias: Option<NodeId>,
+    spec: &ConvSpec,
+) -> Vec<NodeId> {
+    let geo = conv_geometry(spec);
+    let (lo, hi) = adj.split_at_mut(off);
+    let ybar = &hi[..geo.y_len()];
+    if ybar.iter().all(|&l| l == 0.0) {
+        return vec![];
+    }
+    let dep = |id: NodeId| g.node(id).depends;
+    let (wx, ww) = (window(g, x), window(g, w));
+    let (xv, wv) = (&vals[wx.clone()], &vals[ww.clone()]);
+    let bias = bias.filter(|&b| dep(b));
+    let mut bbar = bias.map(|_| vec![0.0; geo.out_channels]);
+    match (dep(x), dep(w)) {
+        (true, true) if x != w => {
+            let (xb, wb) = disjoint_mut(lo, (wx.start, wx.len()), (ww.start, ww.len()));
+            tensor::conv_adjoint(&geo, xv, wv, ybar, Some(xb), Some(wb), bbar.as_deref_mut());
+        }
+        (true, true) => {
+            // x and w are one node: accumulate both adjoints, then add them to its slot
+            let (mut xb, mut wb) = (vec![0.0; wx.len()], vec![0.0; ww.len()]);
+            tensor::conv_adjoint(
+                &geo,
+                xv,
+                wv,
+                ybar,
+                Some(&mut xb),
+                Some(&mut wb),
+                bbar.as_deref_mut(),
+            );
+            for ((a, u), v) in lo[wx].iter_mut().zip(&xb).zip(&wb) {
+                *a += u + v;
+            }
+        }
+        (false, false) => {
+            tensor::conv_adjoint(&geo, xv, wv, ybar, None, None, bbar.as_deref_mut());
+        }
+        (dx, _) => {
+            let target = if dx { wx } else { ww };
+            let tb = Some(&mut lo[target]);
+            let (xb, wb) = if dx { (tb, None) } else { (None, tb) };
+            tensor::conv_adjoint(&geo, xv, wv, ybar, xb, wb, bbar.as_deref_mut());
+        }
+    }
+    let mut marked: Vec<NodeId> = [(x, dep(x)), (w, dep(w))]
+        .into_iter()
+        .filter_map(|(id, d)| d.then_some(id))
+        .collect();
+    if let (Some(b), Some(bb)) = (bias, bbar) {
+        for (a, v) in lo[window(g, b)].iter_mut().zip(&bb) {
+            *a += v;
+        }
+        marked.push(b);
+    }
+    marked
 }

@@ -265,6 +265,77 @@ pub enum Op {
     Concat(Vec<NodeId>),
     /// `log Σ exp(a_k)` (length 1).
     LogSumExp(NodeId),
+    /// `conv(x, w) + bias` over one sample ([`ConvSpec`] gives the layout): a smooth bilinear
+    /// elemental, one node per sample (kernels in [`crate::tensor`]).
+    Conv {
+        x: NodeId,
+        w: NodeId,
+        bias: Option<NodeId>,
+        spec: Box<ConvSpec>,
+    },
+}
+
+/// Geometry of one N-d convolution (N = 1, 2 or 3) over ONE sample, ONNX layout without the
+/// batch axis: input x is `(C_in, *in_spatial)` row-major, weight w is
+/// `(C_out, C_in/group, *kernel)` row-major, optional bias `(C_out)`, output
+/// `(C_out, *out_spatial)` row-major, with zero padding and
+///
+/// ```text
+/// out_spatial[d] = (in_spatial[d] + pads_begin[d] + pads_end[d] − dilations[d]·(kernel[d]−1) − 1) / strides[d] + 1
+/// ```
+///
+/// ```
+/// use kinkcheck::graph::ConvSpec;
+/// // LeNet-5 conv1: 1×28×28 → 6@5×5 → 6×24×24
+/// let s = ConvSpec::new_2d(1, 6, [28, 28], [5, 5]);
+/// assert_eq!(s.out_spatial().unwrap(), vec![24, 24]);
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ConvSpec {
+    pub in_channels: usize,
+    pub out_channels: usize,
+    pub in_spatial: Vec<usize>,
+    pub kernel: Vec<usize>,
+    pub strides: Vec<usize>,
+    pub pads_begin: Vec<usize>,
+    pub pads_end: Vec<usize>,
+    pub dilations: Vec<usize>,
+    pub group: usize,
+}
+
+impl ConvSpec {
+    /// A 2-d convolution with unit strides and dilations, no padding, one group.
+    pub fn new_2d(
+        in_channels: usize,
+        out_channels: usize,
+        hw: [usize; 2],
+        kernel: [usize; 2],
+    ) -> Self {
+        ConvSpec {
+            in_channels,
+            out_channels,
+            in_spatial: hw.to_vec(),
+            kernel: kernel.to_vec(),
+            strides: vec![1, 1],
+            pads_begin: vec![0, 0],
+            pads_end: vec![0, 0],
+            dilations: vec![1, 1],
+            group: 1,
+        }
+    }
+
+    /// Output spatial sizes; [`GraphError::Shape`] (place `"convolution"`) if the geometry is
+    /// invalid: zero sizes, strides or dilations, a group not dividing both channel counts,
+    /// fields of different numbers of dimensions, a (dilated) kernel larger than the padded
+    /// input.
+    pub fn out_spatial(&self) -> Result<Vec<usize>, GraphError> {
+        crate::tensor::ConvGeometry::new(self)
+            .map(|g| g.out_spatial)
+            .map_err(|msg| GraphError::Shape {
+                place: "convolution".into(),
+                msg,
+            })
+    }
 }
 
 impl Op {
@@ -282,6 +353,11 @@ impl Op {
             | Op::LogSumExp(a) => vec![*a],
             Op::MatVec { w, x, .. } => vec![*w, *x],
             Op::Concat(v) => v.clone(),
+            Op::Conv { x, w, bias, .. } => {
+                let mut v = vec![*x, *w];
+                v.extend(*bias);
+                v
+            }
         }
     }
 }
@@ -350,6 +426,7 @@ enum Key {
     Gather(NodeId, Vec<usize>),
     Concat(Vec<NodeId>),
     LogSumExp(NodeId),
+    Conv(NodeId, NodeId, Option<NodeId>, ConvSpec),
 }
 
 /// The evaluation graph. Build it with the methods below (smooth ops) and [`crate::lower`]
@@ -523,6 +600,10 @@ impl Graph {
                 Op::Mul(a, b) | Op::MatVec { w: a, x: b, .. } => {
                     (!dep(self, *a) && aff(self, *b)) || (!dep(self, *b) && aff(self, *a))
                 }
+                Op::Conv { x, w, bias, .. } => {
+                    ((!dep(self, *w) && aff(self, *x)) || (!dep(self, *x) && aff(self, *w)))
+                        && bias.is_none_or(|b| aff(self, b))
+                }
                 Op::Div(a, b) => !dep(self, *b) && aff(self, *a),
                 Op::PowI(a, p) => *p == 1 && aff(self, *a),
                 Op::Unary(..) | Op::LogSumExp(_) => false,
@@ -684,6 +765,74 @@ impl Graph {
             Op::MatVec { w, x, rows },
             rows,
             Some(Key::MatVec(w, x, rows)),
+        ))
+    }
+
+    /// `y = conv(x, w) + bias` over one sample (layout in [`ConvSpec`]): one node of length
+    /// `C_out · Π out_spatial`. Fails with [`GraphError::Shape`] at the current origin if the
+    /// geometry is invalid or a node's length does not match it.
+    ///
+    /// ```
+    /// use kinkcheck::graph::{ConvSpec, Graph};
+    /// let mut g = Graph::new(9);
+    /// let x = g.var(0, 9).unwrap(); // 1 channel, 3×3
+    /// let w = g.constant(vec![1.0; 4]).unwrap(); // 1@2×2
+    /// let y = g.conv(x, w, None, ConvSpec::new_2d(1, 1, [3, 3], [2, 2])).unwrap();
+    /// assert_eq!(g.len(y), 4); // 1×2×2
+    /// ```
+    pub fn conv(
+        &mut self,
+        x: NodeId,
+        w: NodeId,
+        bias: Option<NodeId>,
+        spec: ConvSpec,
+    ) -> Result<NodeId, GraphError> {
+        let geo = crate::tensor::ConvGeometry::new(&spec)
+            .map_err(|m| self.shape_err(format!("convolution: {m}")))?;
+        let shape = |v: &[usize]| {
+            v.iter()
+                .map(|t| t.to_string())
+                .collect::<Vec<_>>()
+                .join("×")
+        };
+        let (lx, lw) = (self.len(x), self.len(w));
+        if lx != geo.x_len() {
+            return Err(self.shape_err(format!(
+                "convolution input has {lx} elements, the geometry {}×{} needs {}",
+                spec.in_channels,
+                shape(&spec.in_spatial),
+                geo.x_len()
+            )));
+        }
+        if lw != geo.w_len() {
+            return Err(self.shape_err(format!(
+                "convolution weight has {lw} elements, the geometry {}×{}×{} needs {}",
+                spec.out_channels,
+                spec.in_channels / spec.group,
+                shape(&spec.kernel),
+                geo.w_len()
+            )));
+        }
+        if let Some(b) = bias {
+            if self.len(b) != spec.out_channels {
+                return Err(self.shape_err(format!(
+                    "convolution bias has {} elements, expected one per output channel ({})",
+                    self.len(b),
+                    spec.out_channels
+                )));
+            }
+        }
+        let len = geo.y_len();
+        let key = Key::Conv(x, w, bias, spec.clone());
+        Ok(self.push(
+            Op::Conv {
+                x,
+                w,
+                bias,
+                spec: Box::new(spec),
+            },
+            len,
+            Some(key),
         ))
     }
 

@@ -29,6 +29,7 @@ pub mod lp;
 pub mod pieces;
 pub mod reduced;
 pub mod report;
+pub mod tensor;
 
 pub use convention::Convention;
 pub use error::Error;
