@@ -49,7 +49,7 @@ use super::network::{sample_loss, Data, Loss, Wrt};
 use super::onnx_proto::{Model, Node};
 use super::Problem;
 use crate::error::Error;
-use crate::graph::{Graph, NodeId, Origin, Role, Smooth};
+use crate::graph::{ConvSpec, Graph, NodeId, Origin, Role, Smooth};
 use crate::lower;
 use std::collections::HashMap;
 use std::path::Path;
@@ -1065,7 +1065,7 @@ fn lower_node(
                 }
             }
             let geo = window_geometry(node, &x.shape[1..], &kernel, false)?;
-            let spec = ConvSpecLocal {
+            let spec = ConvSpec {
                 in_channels: c_in,
                 out_channels: c_out,
                 in_spatial: x.shape[1..].to_vec(),
@@ -1687,32 +1687,29 @@ fn avgpool(
     sum_windows(g, x, &windows, &divs)
 }
 
-/// The layout of one sample's convolution (the fields of `graph::ConvSpec`).
-#[derive(Debug, Clone)]
-struct ConvSpecLocal {
-    in_channels: usize,
-    out_channels: usize,
-    in_spatial: Vec<usize>,
-    kernel: Vec<usize>,
-    strides: Vec<usize>,
-    pads_begin: Vec<usize>,
-    pads_end: Vec<usize>,
-    dilations: Vec<usize>,
-    group: usize,
-}
 
-/// One sample's convolution `y = conv(x, w) + bias` (zero padding, ONNX layouts).
-///
-/// Lowered as im2col: per group, one gather of the zero-extended input into the `P × K`
-/// patch matrix (P output positions, K = C_in/group · kernel cells), then one matrix–vector
-/// product per output channel with that channel's row of `w`. Smooth and bilinear, so it
-/// adds no switch.
+/// One sample's convolution `y = conv(x, w) + bias` (zero padding, ONNX layouts): one
+/// [`Graph::conv`] node (smooth and bilinear, no switch).
 fn conv_node(
     g: &mut Graph,
     x: NodeId,
     w: NodeId,
     bias: Option<NodeId>,
-    spec: ConvSpecLocal,
+    spec: ConvSpec,
+) -> Result<NodeId, Error> {
+    Ok(g.conv(x, w, bias, spec)?)
+}
+
+/// The same convolution from elementary nodes (im2col: per group, one gather of the
+/// zero-extended input into the `P × K` patch matrix, then one matrix–vector product per
+/// output channel); the tests check [`Graph::conv`] against it.
+#[cfg(test)]
+fn conv_im2col(
+    g: &mut Graph,
+    x: NodeId,
+    w: NodeId,
+    bias: Option<NodeId>,
+    spec: ConvSpec,
 ) -> Result<NodeId, Error> {
     let d = spec.kernel.len();
     let geo = Geometry {
@@ -2373,6 +2370,49 @@ mod tests {
             assert_eq!(crate::eval::erf(-x), -got);
         }
         assert_eq!(crate::eval::erf(0.0), 0.0);
+    }
+
+    #[test]
+    fn conv_node_matches_im2col() {
+        // 2-D, padding, stride, dilation, groups; values and AD of a weighted sum agree
+        let spec = ConvSpec {
+            in_channels: 4,
+            out_channels: 6,
+            in_spatial: vec![5, 6],
+            kernel: vec![3, 2],
+            strides: vec![2, 1],
+            pads_begin: vec![1, 0],
+            pads_end: vec![2, 1],
+            dilations: vec![1, 2],
+            group: 2,
+        };
+        let (nx, nw) = (4 * 5 * 6, 6 * 2 * 3 * 2);
+        let point: Vec<f64> = (0..nx + nw + 6).map(|i| ((i * 37 % 23) as f64 - 11.0) / 8.0).collect();
+        let mut outs = Vec::new();
+        for im2col in [false, true] {
+            let mut g = Graph::new(point.len());
+            let x = g.var(0, nx).unwrap();
+            let w = g.var(nx, nw).unwrap();
+            let b = g.var(nx + nw, 6).unwrap();
+            let y = if im2col {
+                conv_im2col(&mut g, x, w, Some(b), spec.clone()).unwrap()
+            } else {
+                conv_node(&mut g, x, w, Some(b), spec.clone()).unwrap()
+            };
+            let n = g.len(y);
+            let c = g.constant((0..n).map(|i| (i % 5) as f64 - 2.0).collect()).unwrap();
+            let s = g.mul(y, c).unwrap();
+            let s = g.sum(s);
+            g.set_output(s).unwrap();
+            let ev = eval::evaluate(&g, &point).unwrap();
+            let st = eval::switch_states(&g, &ev, eval::TAU_ACT);
+            let grad = eval::ad(&g, &ev, &st, &Convention::pytorch()).unwrap();
+            outs.push((n, ev.value(&g, y).to_vec(), grad));
+        }
+        assert_eq!(outs[0].0, 6 * 3 * 5);
+        for (a, b) in outs[0].1.iter().zip(&outs[1].1).chain(outs[0].2.iter().zip(&outs[1].2)) {
+            assert!((a - b).abs() <= 1e-12 * (1.0 + b.abs()), "{a} vs {b}");
+        }
     }
 
     #[test]
