@@ -89,7 +89,10 @@ fn ad_vector_matches_torch_wrt_inputs() {
             let (g, active, value) = ad(name, exporter, Wrt::Inputs, clip_of(&e));
             assert!(active > 0, "{name} ({exporter}): no active switch");
             let v = e["value"].as_f64().unwrap();
-            assert!((value - v).abs() <= 1e-9 * v.abs().max(1.0), "{name}: f = {value} vs {v}");
+            assert!(
+                (value - v).abs() <= 1e-9 * v.abs().max(1.0),
+                "{name}: f = {value} vs {v}"
+            );
             if let Err(m) = compare(
                 &format!("{name} ({exporter}) wrt inputs"),
                 &g,
@@ -147,4 +150,133 @@ fn planted_kinks_were_confirmed_in_float64() {
             "{name}: no planted kink recorded"
         );
     }
+}
+
+fn kinkcheck(args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_kinkcheck"))
+        .args(args)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn bad_models_are_input_errors_naming_the_node_or_tensor() {
+    let cases = [
+        ("conv_shapes", "node 'conv1' (Conv): W of shape [2, 3, 3, 3] with group = 1 does not fit 1 input channels"),
+        ("conv_negative_pads", "node 'conv1' (Conv): negative pads [-1, 0, 0, 0]"),
+        ("conv_big_kernel", "node 'conv1' (Conv): kernel [5, 5] (dilations [1, 1]) is larger than the padded input [4, 4]"),
+        ("conv_auto_pad", "node 'conv1' (Conv): unknown auto_pad 'SAME_MIDDLE'"),
+        ("maxpool_big_kernel", "node 'pool1' (MaxPool): kernel [3, 3] (dilations [2, 2]) is larger than the padded input"),
+        ("ext_escape", "tensor 'W': external data location '../outside.bin' must be a relative path inside the model's folder"),
+        ("ext_absolute", "tensor 'W': external data location '/etc/hostname' must be a relative path"),
+        ("ext_short", "tensor 'W': external data file 'ext_short.onnx.data' has 40 bytes, too short for offset 0 and length 72"),
+    ];
+    for (name, msg) in cases {
+        let model = format!("fixtures/onnx/bad/{name}.onnx");
+        let out = kinkcheck(&[
+            "verify",
+            &model,
+            "--data",
+            "fixtures/onnx/bad/data.json",
+            "--wrt",
+            "inputs",
+            "--loss",
+            "none",
+        ]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{name}: {err}");
+        assert!(out.stdout.is_empty(), "{name}");
+        assert_eq!(err.trim_end().lines().count(), 1, "{name}: {err}");
+        assert!(err.contains(msg), "{name}: {err}");
+    }
+}
+
+#[test]
+fn cli_reports_the_clip_assumption() {
+    let run = |clip: Option<&str>| {
+        let mut args = vec![
+            "verify",
+            "fixtures/torch/relu6_hardtanh_dynamo.onnx",
+            "--data",
+            "fixtures/torch/relu6_hardtanh_data.json",
+            "--wrt",
+            "inputs",
+            "--json",
+        ];
+        if let Some(c) = clip {
+            args.extend(["--clip", c]);
+        }
+        let out = kinkcheck(&args);
+        assert!(
+            out.status.code().is_some_and(|c| c != 2),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice::<Value>(&out.stdout).unwrap()
+    };
+    let e = expected("relu6_hardtanh");
+    let v = run(None);
+    let a = v["assumptions"].as_array().unwrap();
+    assert_eq!(a.len(), 2, "{a:?}");
+    assert!(a
+        .iter()
+        .all(|s| s.as_str().unwrap().contains("hardtanh rule")));
+    // the default reproduces torch; the clamp rule (derivative 1 at a bound) does not
+    compare(
+        "cli",
+        &floats(&v["gradient"]),
+        &floats(&e["wrt_inputs"]),
+        None,
+    )
+    .unwrap();
+    let v = run(Some("clamp"));
+    let a = v["assumptions"].as_array().unwrap();
+    assert!(!a.is_empty() && a.iter().all(|s| s.as_str().unwrap().contains("clamp rule")));
+    assert!(compare(
+        "cli",
+        &floats(&v["gradient"]),
+        &floats(&e["wrt_inputs"]),
+        None
+    )
+    .is_err());
+    // no Clip: an empty list
+    let out = kinkcheck(&[
+        "verify",
+        "fixtures/torch/lenet_classic.onnx",
+        "--data",
+        "fixtures/torch/lenet_data.json",
+        "--json",
+    ]);
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["assumptions"], serde_json::json!([]));
+    let out = kinkcheck(&[
+        "verify",
+        "fixtures/torch/lenet_classic.onnx",
+        "--data",
+        "fixtures/torch/lenet_data.json",
+        "--clip",
+        "relu",
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+}
+
+#[test]
+fn bytes_api_needs_a_base_folder_for_external_data() {
+    use kinkcheck::frontend::network::Data;
+    let d = dir();
+    let bytes = std::fs::read(d.join("lenet_dynamo.onnx")).unwrap();
+    let data =
+        Data::from_json(&std::fs::read_to_string(d.join("lenet_data.json")).unwrap()).unwrap();
+    let e = frontend::load_onnx_bytes(&bytes, None, &data, None, None, ClipRule::default())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("uses external data, which needs the model's folder"),
+        "{e}"
+    );
+    let p = frontend::load_onnx_bytes(&bytes, Some(&d), &data, None, None, ClipRule::default())
+        .unwrap();
+    let want = floats(&expected("lenet")["params"]["dynamo"]["grad"]);
+    assert_eq!(p.var_names.len(), want.len());
 }

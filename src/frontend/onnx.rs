@@ -925,7 +925,11 @@ fn lower_node(
                 let r = g.gather(a.node, row.clone())?;
                 let lse = g.logsumexp(r);
                 let l = g.sub(r, lse)?;
-                parts.push(if op == "Softmax" { g.unary(Smooth::Exp, l) } else { l });
+                parts.push(if op == "Softmax" {
+                    g.unary(Smooth::Exp, l)
+                } else {
+                    l
+                });
                 order.extend(row);
             }
             let cat = g.concat(parts)?;
@@ -941,7 +945,9 @@ fn lower_node(
             if node.attr_i("training_mode").unwrap_or(0) != 0
                 || node.outputs.iter().skip(1).any(|o| !o.is_empty())
             {
-                return Err(err("only the inference form (training_mode = 0, one output) is supported"));
+                return Err(err(
+                    "only the inference form (training_mode = 0, one output) is supported",
+                ));
             }
             let x = need(g, ctx, 0)?;
             let eps = node.attr_f("epsilon").unwrap_or(1e-5);
@@ -972,7 +978,9 @@ fn lower_node(
             let x = need(g, ctx, 0)?;
             let c = channels(&x)?;
             let plane = numel(&x.shape[1..]);
-            let windows: Vec<Vec<usize>> = (0..c).map(|ch| (ch * plane..(ch + 1) * plane).collect()).collect();
+            let windows: Vec<Vec<usize>> = (0..c)
+                .map(|ch| (ch * plane..(ch + 1) * plane).collect())
+                .collect();
             let out = if op == "GlobalMaxPool" {
                 lower::maxpool(g, x.node, &windows, origin)?
             } else {
@@ -980,7 +988,11 @@ fn lower_node(
             };
             let mut shape = vec![c];
             shape.extend(std::iter::repeat_n(1, x.shape.len() - 1));
-            Value { node: out, shape, batched: true }
+            Value {
+                node: out,
+                shape,
+                batched: true,
+            }
         }
         "MaxPool" | "AveragePool" => {
             let a = need(g, ctx, 0)?;
@@ -1010,14 +1022,25 @@ fn lower_node(
                 // Padding is −∞: padded cells never win, so each window is the left fold over
                 // its cells inside the input, in row-major order (THEORY §1, max-pool row).
                 let windows: Vec<Vec<usize>> = (0..c)
-                    .flat_map(|ch| cells.iter().map(move |cell| cell.iter().flatten().map(|&o| ch * plane + o).collect::<Vec<_>>()))
+                    .flat_map(|ch| {
+                        cells.iter().map(move |cell| {
+                            cell.iter()
+                                .flatten()
+                                .map(|&o| ch * plane + o)
+                                .collect::<Vec<_>>()
+                        })
+                    })
                     .collect();
                 maxpool_ragged(g, a.node, &windows, origin)?
             } else {
                 let include = node.attr_i("count_include_pad").unwrap_or(0) != 0;
                 avgpool(g, a.node, c, plane, &cells, &w, include)?
             };
-            Value { node: node_out, shape, batched: true }
+            Value {
+                node: node_out,
+                shape,
+                batched: true,
+            }
         }
         "Conv" => {
             let x = need(g, ctx, 0)?;
@@ -1080,7 +1103,11 @@ fn lower_node(
             let y = conv_node(g, x.node, wv.node, b.map(|b| b.node), spec)?;
             let mut shape = vec![c_out];
             shape.extend(out_sp);
-            Value { node: y, shape, batched: true }
+            Value {
+                node: y,
+                shape,
+                batched: true,
+            }
         }
         "ReduceMean" | "ReduceSum" => {
             let a = need(g, ctx, 0)?;
@@ -1100,7 +1127,9 @@ fn lower_node(
                     for ax in v {
                         let n = if ax < 0 { ax + full_rank as i64 } else { ax };
                         if n < 0 || n as usize >= full_rank {
-                            return Err(err(format!("axis {ax} is out of range for rank {full_rank}")));
+                            return Err(err(format!(
+                                "axis {ax} is out of range for rank {full_rank}"
+                            )));
                         }
                         out.push(n as usize);
                     }
@@ -1115,7 +1144,11 @@ fn lower_node(
             }
             let red: Vec<usize> = axes.iter().map(|&x| x - off).collect();
             let (node_out, shape) = reduce(g, &a, &red, keep, op == "ReduceMean")?;
-            Value { node: node_out, shape, batched: a.batched }
+            Value {
+                node: node_out,
+                shape,
+                batched: a.batched,
+            }
         }
         "Concat" => {
             let axis = node.attr_i("axis").ok_or_else(|| err("axis is missing"))?;
@@ -1159,18 +1192,32 @@ fn lower_node(
             let cat = g.concat(vals.iter().map(|v| v.node).collect())?;
             let mut shape = first.shape.clone();
             shape[ax] = vals.iter().map(|v| v.shape[ax]).sum();
-            Value { node: permute(g, cat, idx)?, shape, batched }
+            Value {
+                node: permute(g, cat, idx)?,
+                shape,
+                batched,
+            }
         }
         "Transpose" => {
             let a = need(g, ctx, 0)?;
             let full = full_shape(&a);
             let perm: Vec<usize> = match node.attr_ints("perm") {
-                Some(p) => p.iter().map(|&v| usize::try_from(v).unwrap_or(usize::MAX)).collect(),
+                Some(p) => p
+                    .iter()
+                    .map(|&v| usize::try_from(v).unwrap_or(usize::MAX))
+                    .collect(),
                 None => (0..full.len()).rev().collect(),
             };
             let mut seen = vec![false; full.len()];
-            if perm.len() != full.len() || perm.iter().any(|&p| p >= full.len() || std::mem::replace(&mut seen[p], true)) {
-                return Err(err(format!("perm {perm:?} is not a permutation of rank {}", full.len())));
+            if perm.len() != full.len()
+                || perm
+                    .iter()
+                    .any(|&p| p >= full.len() || std::mem::replace(&mut seen[p], true))
+            {
+                return Err(err(format!(
+                    "perm {perm:?} is not a permutation of rank {}",
+                    full.len()
+                )));
             }
             if a.batched && perm[0] != 0 {
                 return Err(err(format!("perm {perm:?} moves the batch axis")));
@@ -1184,7 +1231,11 @@ fn lower_node(
                 .iter()
                 .map(|o| o.iter().zip(&sp).map(|(&i, &p)| i * step[p]).sum())
                 .collect();
-            Value { node: permute(g, a.node, idx)?, shape: out_shape, batched: a.batched }
+            Value {
+                node: permute(g, a.node, idx)?,
+                shape: out_shape,
+                batched: a.batched,
+            }
         }
         "Squeeze" | "Unsqueeze" => {
             let a = need(g, ctx, 0)?;
@@ -1198,16 +1249,28 @@ fn lower_node(
             let new_full: Vec<usize> = if op == "Squeeze" {
                 let rank = full.len() as i64;
                 let axes: Vec<usize> = match axes {
-                    Some(v) => v.iter().map(|&x| if x < 0 { x + rank } else { x }).map(|x| usize::try_from(x).unwrap_or(usize::MAX)).collect(),
-                    None => (0..full.len()).filter(|&i| full[i] == 1 && !(a.batched && i == 0)).collect(),
+                    Some(v) => v
+                        .iter()
+                        .map(|&x| if x < 0 { x + rank } else { x })
+                        .map(|x| usize::try_from(x).unwrap_or(usize::MAX))
+                        .collect(),
+                    None => (0..full.len())
+                        .filter(|&i| full[i] == 1 && !(a.batched && i == 0))
+                        .collect(),
                 };
                 if axes.iter().any(|&x| x >= full.len() || full[x] != 1) {
-                    return Err(err(format!("cannot squeeze axes {axes:?} of shape {full:?}")));
+                    return Err(err(format!(
+                        "cannot squeeze axes {axes:?} of shape {full:?}"
+                    )));
                 }
                 if a.batched && axes.contains(&0) {
                     return Err(err("squeezing the batch axis is not supported"));
                 }
-                full.iter().enumerate().filter(|(i, _)| !axes.contains(i)).map(|(_, &d)| d).collect()
+                full.iter()
+                    .enumerate()
+                    .filter(|(i, _)| !axes.contains(i))
+                    .map(|(_, &d)| d)
+                    .collect()
             } else {
                 let axes = axes.ok_or_else(|| err("axes are missing"))?;
                 let rank = (full.len() + axes.len()) as i64;
@@ -1223,22 +1286,42 @@ fn lower_node(
                     return Err(err("unsqueezing before the batch axis is not supported"));
                 }
                 let mut it = full.iter();
-                (0..rank as usize).map(|i| if norm.contains(&i) { 1 } else { *it.next().unwrap_or(&1) }).collect()
+                (0..rank as usize)
+                    .map(|i| {
+                        if norm.contains(&i) {
+                            1
+                        } else {
+                            *it.next().unwrap_or(&1)
+                        }
+                    })
+                    .collect()
             };
-            let shape = if a.batched { new_full[1..].to_vec() } else { new_full };
-            Value { node: a.node, shape, batched: a.batched }
+            let shape = if a.batched {
+                new_full[1..].to_vec()
+            } else {
+                new_full
+            };
+            Value {
+                node: a.node,
+                shape,
+                batched: a.batched,
+            }
         }
         "Pad" => {
             let a = need(g, ctx, 0)?;
             let opset = model.opset_version.unwrap_or(13);
             let mode = node.attr_s("mode").unwrap_or("constant");
             if mode != "constant" {
-                return Err(err(format!("mode = '{mode}' is not supported (constant only)")));
+                return Err(err(format!(
+                    "mode = '{mode}' is not supported (constant only)"
+                )));
             }
             let (pads, value): (Vec<i64>, f64) = if opset >= 11 {
                 let pads = const_input(g, ctx, env, node, 1)?
                     .ok_or_else(|| err("pads are missing"))?
-                    .iter().map(|&v| v as i64).collect();
+                    .iter()
+                    .map(|&v| v as i64)
+                    .collect();
                 let value = match const_input(g, ctx, env, node, 2)? {
                     Some(v) if v.len() == 1 => v[0],
                     Some(_) => return Err(err("constant_value must be a scalar")),
@@ -1249,7 +1332,12 @@ fn lower_node(
                 }
                 (pads, value)
             } else {
-                (node.attr_ints("pads").ok_or_else(|| err("pads are missing"))?.to_vec(), node.attr_f("value").unwrap_or(0.0))
+                (
+                    node.attr_ints("pads")
+                        .ok_or_else(|| err("pads are missing"))?
+                        .to_vec(),
+                    node.attr_f("value").unwrap_or(0.0),
+                )
             };
             let full = full_shape(&a);
             let r = full.len();
@@ -1266,7 +1354,9 @@ fn lower_node(
             let pb: Vec<usize> = pads[off..r].iter().map(|&p| p as usize).collect();
             let pe: Vec<usize> = pads[r + off..].iter().map(|&p| p as usize).collect();
             let in_shape = a.shape.clone();
-            let out_shape: Vec<usize> = (0..in_shape.len()).map(|i| in_shape[i] + pb[i] + pe[i]).collect();
+            let out_shape: Vec<usize> = (0..in_shape.len())
+                .map(|i| in_shape[i] + pb[i] + pe[i])
+                .collect();
             let step = row_major_steps(&in_shape);
             let n = numel(&in_shape);
             let cv = g.scalar(value)?;
@@ -1284,7 +1374,11 @@ fn lower_node(
                     flat
                 })
                 .collect();
-            Value { node: permute(g, ext, idx)?, shape: out_shape, batched: a.batched }
+            Value {
+                node: permute(g, ext, idx)?,
+                shape: out_shape,
+                batched: a.batched,
+            }
         }
         "Shape" => {
             let a = need(g, ctx, 0)?;
@@ -1293,12 +1387,19 @@ fn lower_node(
             let norm = |v: i64| (if v < 0 { v + r } else { v }).clamp(0, r) as usize;
             let start = norm(node.attr_i("start").unwrap_or(0));
             let end = norm(node.attr_i("end").unwrap_or(r));
-            let dims: Vec<f64> = full[start..end.max(start)].iter().map(|&d| d as f64).collect();
+            let dims: Vec<f64> = full[start..end.max(start)]
+                .iter()
+                .map(|&d| d as f64)
+                .collect();
             if dims.is_empty() {
                 return Err(err("an empty shape is not supported"));
             }
             let len = dims.len();
-            Value { node: g.constant(dims)?, shape: vec![len], batched: false }
+            Value {
+                node: g.constant(dims)?,
+                shape: vec![len],
+                batched: false,
+            }
         }
         _ => return Err(unsupported(node)),
     })
@@ -1427,7 +1528,10 @@ fn sum_windows(
     let size = windows.iter().map(Vec::len).max().unwrap_or(0);
     let mut acc: Option<NodeId> = None;
     for j in 0..size {
-        let idx = windows.iter().map(|w| w.get(j).copied().unwrap_or(n)).collect();
+        let idx = windows
+            .iter()
+            .map(|w| w.get(j).copied().unwrap_or(n))
+            .collect();
         let part = g.gather(ext, idx)?;
         acc = Some(match acc {
             Some(a) => g.add(a, part)?,
@@ -1455,7 +1559,13 @@ fn reduce(
     let mut windows = vec![Vec::new(); numel(&out_full)];
     for (flat, idx) in multi_indices(shape).iter().enumerate() {
         let o: usize = (0..shape.len())
-            .map(|i| if red.contains(&i) { 0 } else { idx[i] * out_steps[i] })
+            .map(|i| {
+                if red.contains(&i) {
+                    0
+                } else {
+                    idx[i] * out_steps[i]
+                }
+            })
             .sum();
         windows[o].push(flat);
     }
@@ -1478,7 +1588,9 @@ fn positive_ints(node: &Node, name: &str) -> Result<Option<Vec<usize>>, Error> {
         None => Ok(None),
         Some(v) => v
             .iter()
-            .map(|&x| usize::try_from(x).map_err(|_| err(format!("{name} {v:?} has a negative entry"))))
+            .map(|&x| {
+                usize::try_from(x).map_err(|_| err(format!("{name} {v:?} has a negative entry")))
+            })
             .collect::<Result<Vec<_>, _>>()
             .map(Some),
     }
@@ -1507,7 +1619,9 @@ fn window_geometry(
     let per_axis = |name: &str, default: usize| -> Result<Vec<usize>, Error> {
         match positive_ints(node, name)? {
             Some(v) if v.len() == d => Ok(v),
-            Some(v) => Err(err(format!("{name} {v:?} does not match the {d} spatial axes"))),
+            Some(v) => Err(err(format!(
+                "{name} {v:?} does not match the {d} spatial axes"
+            ))),
             None => Ok(vec![default; d]),
         }
     };
@@ -1539,7 +1653,8 @@ fn window_geometry(
             let mut e = vec![0; d];
             for i in 0..d {
                 let out = input[i].div_ceil(strides[i]);
-                let total = ((out.saturating_sub(1)) * strides[i] + eff[i]).saturating_sub(input[i]);
+                let total =
+                    ((out.saturating_sub(1)) * strides[i] + eff[i]).saturating_sub(input[i]);
                 let small = total / 2;
                 if mode == "SAME_UPPER" {
                     b[i] = small;
@@ -1563,7 +1678,11 @@ fn window_geometry(
             )));
         }
         let span = padded - eff[i];
-        let mut o = if ceil { span.div_ceil(strides[i]) } else { span / strides[i] } + 1;
+        let mut o = if ceil {
+            span.div_ceil(strides[i])
+        } else {
+            span / strides[i]
+        } + 1;
         // PyTorch (and ONNX) drop a last window that would start inside the end padding.
         if ceil && (o - 1) * strides[i] >= input[i] + pads_begin[i] {
             o -= 1;
@@ -1646,7 +1765,9 @@ fn maxpool_ragged(
     let mut parts = Vec::with_capacity(sizes.len());
     let mut order = Vec::with_capacity(windows.len());
     for &sz in sizes.iter().rev() {
-        let ids: Vec<usize> = (0..windows.len()).filter(|&w| windows[w].len() == sz).collect();
+        let ids: Vec<usize> = (0..windows.len())
+            .filter(|&w| windows[w].len() == sz)
+            .collect();
         let group: Vec<Vec<usize>> = ids.iter().map(|&w| windows[w].clone()).collect();
         parts.push(lower::maxpool(g, x, &group, origin.clone())?);
         order.extend(ids);
@@ -1676,7 +1797,11 @@ fn avgpool(
     for ch in 0..c {
         for (cell, o) in cells.iter().zip(&outs) {
             let w: Vec<usize> = cell.iter().flatten().map(|&j| ch * plane + j).collect();
-            let div = if include_pad { geo.padded_count(o) } else { w.len() };
+            let div = if include_pad {
+                geo.padded_count(o)
+            } else {
+                w.len()
+            };
             if div == 0 {
                 return Err(err("a pooling window lies entirely in the padding"));
             }
@@ -1686,7 +1811,6 @@ fn avgpool(
     }
     sum_windows(g, x, &windows, &divs)
 }
-
 
 /// One sample's convolution `y = conv(x, w) + bias` (zero padding, ONNX layouts): one
 /// [`Graph::conv`] node (smooth and bilinear, no switch).
@@ -2366,7 +2490,10 @@ mod tests {
             (6.0, 1.0),
         ] {
             let got = crate::eval::erf(x);
-            assert!((got - e).abs() <= 1e-14 * e, "erf({x}) = {got}, expected {e}");
+            assert!(
+                (got - e).abs() <= 1e-14 * e,
+                "erf({x}) = {got}, expected {e}"
+            );
             assert_eq!(crate::eval::erf(-x), -got);
         }
         assert_eq!(crate::eval::erf(0.0), 0.0);
@@ -2387,7 +2514,9 @@ mod tests {
             group: 2,
         };
         let (nx, nw) = (4 * 5 * 6, 6 * 2 * 3 * 2);
-        let point: Vec<f64> = (0..nx + nw + 6).map(|i| ((i * 37 % 23) as f64 - 11.0) / 8.0).collect();
+        let point: Vec<f64> = (0..nx + nw + 6)
+            .map(|i| ((i * 37 % 23) as f64 - 11.0) / 8.0)
+            .collect();
         let mut outs = Vec::new();
         for im2col in [false, true] {
             let mut g = Graph::new(point.len());
@@ -2400,7 +2529,9 @@ mod tests {
                 conv_node(&mut g, x, w, Some(b), spec.clone()).unwrap()
             };
             let n = g.len(y);
-            let c = g.constant((0..n).map(|i| (i % 5) as f64 - 2.0).collect()).unwrap();
+            let c = g
+                .constant((0..n).map(|i| (i % 5) as f64 - 2.0).collect())
+                .unwrap();
             let s = g.mul(y, c).unwrap();
             let s = g.sum(s);
             g.set_output(s).unwrap();
@@ -2410,7 +2541,12 @@ mod tests {
             outs.push((n, ev.value(&g, y).to_vec(), grad));
         }
         assert_eq!(outs[0].0, 6 * 3 * 5);
-        for (a, b) in outs[0].1.iter().zip(&outs[1].1).chain(outs[0].2.iter().zip(&outs[1].2)) {
+        for (a, b) in outs[0]
+            .1
+            .iter()
+            .zip(&outs[1].1)
+            .chain(outs[0].2.iter().zip(&outs[1].2))
+        {
             assert!((a - b).abs() <= 1e-12 * (1.0 + b.abs()), "{a} vs {b}");
         }
     }

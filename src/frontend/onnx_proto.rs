@@ -1023,9 +1023,10 @@ impl External {
                 base.display()
             ))
         })?;
-        let file = canon_base.join(rel).canonicalize().map_err(|e| {
-            bad(format!("file '{location}' cannot be read: {e}"))
-        })?;
+        let file = canon_base
+            .join(rel)
+            .canonicalize()
+            .map_err(|e| bad(format!("file '{location}' cannot be read: {e}")))?;
         if !file.starts_with(&canon_base) {
             return Err(bad(format!(
                 "location '{location}' resolves outside the model's folder"
@@ -1036,9 +1037,10 @@ impl External {
             match files.get(&file) {
                 Some(b) => b.clone(),
                 None => {
-                    let b = std::rc::Rc::new(std::fs::read(&file).map_err(|e| {
-                        bad(format!("file '{location}' cannot be read: {e}"))
-                    })?);
+                    let b = std::rc::Rc::new(
+                        std::fs::read(&file)
+                            .map_err(|e| bad(format!("file '{location}' cannot be read: {e}")))?,
+                    );
                     files.insert(file.clone(), b.clone());
                     b
                 }
@@ -1064,9 +1066,7 @@ fn convert_tensor(
     name: String,
     ext: &External,
 ) -> Result<Tensor, OnnxError> {
-    if t.data_location == Some(DataLocation::External as i32)
-        || !t.external_data.is_empty()
-    {
+    if t.data_location == Some(DataLocation::External as i32) || !t.external_data.is_empty() {
         let external_raw = proto::TensorProto {
             raw_data: Some(ext.read(&name, &t.external_data)?),
             external_data: vec![],
@@ -2035,14 +2035,21 @@ mod tests {
         let t = ext_tensor(
             "W",
             &[3],
-            &[("location", "m.onnx.data"), ("offset", "8"), ("length", "12")],
+            &[
+                ("location", "m.onnx.data"),
+                ("offset", "8"),
+                ("length", "12"),
+            ],
         );
         let bytes = model_with(vec![t.clone()], vec![]);
         let m = decode_with_base(&bytes, Some(&dir)).unwrap();
         assert_eq!(m.initializers[0].data, [1.5, -2.0, 0.25]);
         // through load(): the folder is the model's
         std::fs::write(dir.join("m.onnx"), &bytes).unwrap();
-        assert_eq!(load(&dir.join("m.onnx")).unwrap().initializers[0].data, [1.5, -2.0, 0.25]);
+        assert_eq!(
+            load(&dir.join("m.onnx")).unwrap().initializers[0].data,
+            [1.5, -2.0, 0.25]
+        );
         // without a base folder: an error naming the tensor
         assert!(err_msg(decode(&bytes)).starts_with("tensor 'W' uses external data"));
 
@@ -2052,27 +2059,53 @@ mod tests {
                 Some(&dir),
             ))
         };
-        let e = case(&[("location", "m.onnx.data"), ("offset", "8"), ("length", "8")], &[3]);
+        let e = case(
+            &[
+                ("location", "m.onnx.data"),
+                ("offset", "8"),
+                ("length", "8"),
+            ],
+            &[3],
+        );
         assert_eq!(
             e,
             "tensor 'W': external data has 8 bytes but dims [3] of FLOAT need 12"
         );
-        let e = case(&[("location", "m.onnx.data"), ("offset", "8"), ("length", "40")], &[10]);
+        let e = case(
+            &[
+                ("location", "m.onnx.data"),
+                ("offset", "8"),
+                ("length", "40"),
+            ],
+            &[10],
+        );
         assert_eq!(
             e,
             "tensor 'W': external data file 'm.onnx.data' has 20 bytes, too short for offset 8 and length 40"
         );
         let e = case(&[("location", "../m.onnx.data")], &[3]);
-        assert!(e.contains("must be a relative path inside the model's folder"), "{e}");
+        assert!(
+            e.contains("must be a relative path inside the model's folder"),
+            "{e}"
+        );
         let abs = dir.join("m.onnx.data");
         let e = case(&[("location", abs.to_str().unwrap())], &[3]);
-        assert!(e.contains("must be a relative path inside the model's folder"), "{e}");
+        assert!(
+            e.contains("must be a relative path inside the model's folder"),
+            "{e}"
+        );
         let e = case(&[("location", "nope.bin")], &[3]);
-        assert!(e.starts_with("tensor 'W': external data file 'nope.bin' cannot be read"), "{e}");
+        assert!(
+            e.starts_with("tensor 'W': external data file 'nope.bin' cannot be read"),
+            "{e}"
+        );
         let e = case(&[("offset", "0")], &[3]);
         assert_eq!(e, "tensor 'W': external data has no 'location'");
         let e = case(&[("location", "m.onnx.data"), ("offset", "-4")], &[3]);
-        assert!(e.contains("'offset' = '-4' is not a non-negative integer"), "{e}");
+        assert!(
+            e.contains("'offset' = '-4' is not a non-negative integer"),
+            "{e}"
+        );
         // a symbolic link that leaves the folder
         #[cfg(unix)]
         {
@@ -2087,5 +2120,4 @@ mod tests {
             );
         }
     }
-
 }
