@@ -29,21 +29,45 @@
 //!
 //! # Supported operators
 //!
-//! `Gemm` (`alpha`, `beta`, `transB`; `transA` = 0), `MatMul` (a per-sample vector times a
-//! weight matrix or vector), `Add`, `Sub`, `Mul`, `Div` (NumPy broadcasting, never across the
-//! batch axis), `Neg`, `Relu`, `LeakyRelu` (`alpha`), `Abs`, `Max`, `Min` (n-ary, folded left
-//! to right with the binary rule), `Clip` (bounds from inputs for opset ≥ 11, from attributes
-//! before; a missing bound does not clamp that side), `HardSigmoid` (`alpha` > 0, `beta`),
-//! `Tanh`, `Sigmoid`, `Exp`, `Log`, `Sqrt`, `Softplus`, `Sin`, `Cos`, `Flatten`, `Reshape`
-//! (shape from an integer initializer or `Constant`; `0` and `−1` as in ONNX; the batch axis
-//! must stay first), `Identity`, `MaxPool` (windows over the trailing axes of a per-sample
-//! `[C, L]` or `[C, H, W]` tensor; `kernel_shape`, `strides`; no padding, dilation or
-//! `ceil_mode`). Kink operators go through [`crate::lower`] (THEORY §1): `Max`/`Min` use the
-//! binary max/min rule, `MaxPool` the max-pool rule, `Clip` the clamp rule (also with one
-//! bound: `Clip(x, lo)` is `max(x, lo)` with the clamp's lower switch `z = x − lo`, and
-//! `Clip(x, None, hi)` is `min(x, hi)` with the upper switch `z = x − hi`), so the framework
-//! conventions of THEORY §3 apply as for the corresponding PyTorch operators. Anything else is
-//! an error naming the operator and the node.
+//! What `torch.onnx.export` emits for ordinary MLPs and CNNs, with both the classic
+//! exporter (opset 17) and the default dynamo one (opset 18+: axes, pads and shapes as
+//! inputs). Shapes are inferred per sample (the batch axis removed):
+//!
+//! * dense: `Gemm` (`alpha`, `beta`, `transB`; `transA` = 0), `MatMul` (per-sample vector
+//!   times a weight matrix or vector);
+//! * convolution and pooling over per-sample `[C, L]` or `[C, H, W]` tensors: `Conv`
+//!   (1-D/2-D, `pads`, `strides`, `dilations`, `group`, `auto_pad`, bias or not; one
+//!   [`Graph::conv`] node per sample), `MaxPool` (`pads`, `strides`, `dilations`,
+//!   `ceil_mode`; padding is −∞, so padded cells are simply not candidates),
+//!   `AveragePool` (`count_include_pad` 0 or 1, `ceil_mode`), `GlobalAveragePool`,
+//!   `GlobalMaxPool` (pools are sums of window cells, one constant matrix–vector product);
+//! * elementwise: `Add`, `Sub`, `Mul`, `Div` (NumPy broadcasting, never across the batch
+//!   axis), `Neg`, `Relu`, `LeakyRelu`, `Abs`, `Max`, `Min` (n-ary), `Clip` (bounds from
+//!   inputs for opset ≥ 11, attributes before), `HardSigmoid`, `Elu`, and the smooth `Tanh`,
+//!   `Sigmoid`, `Exp`, `Log`, `Sqrt`, `Softplus`, `Sin`, `Cos`, `Erf`, `Gelu` (exact and
+//!   `tanh`); `BatchNormalization` (inference form), `Dropout` (inference: the identity),
+//!   `Cast` (the identity: values are `f64`);
+//! * `Softmax`, `LogSoftmax` (any axis but the batch axis), `ReduceMean`, `ReduceSum` (axes
+//!   as attribute or input, `keepdims`);
+//! * layout: `Flatten`, `Reshape` (`0` and `−1`; the shape stored or computed from `Shape`),
+//!   `Transpose`, `Squeeze`, `Unsqueeze`, `Concat`, `Pad` (constant mode), `Identity`,
+//!   `Shape`, and folded `Constant`s.
+//!
+//! Kink operators lower through [`crate::lower`] (THEORY §1): `Relu`, `Abs`, `LeakyRelu`,
+//! `HardSigmoid` as their rows say; `Max`/`Min` fold left to right with the binary max/min
+//! rule; each `MaxPool`/`GlobalMaxPool` window is a left fold over its cells in row-major
+//! order with the max-pool rule, whose PyTorch value (σ̃ = +1: a tie goes to the running
+//! maximum, i.e. to the first maximal cell of the scan) was checked against
+//! `torch.nn.functional.max_pool1d/2d` backward with tied candidates in torch 2.15
+//! (`tools/gen_torch_models.py --check-rules`: all four of a 2×2 window tied → gradient
+//! `[1, 0, 0, 0]`; cells (0,1), (1,0) tied → `[0, 1, 0, 0]`; three of a 1-D window tied →
+//! `[1, 0, 0]`). `Clip` follows the [`ClipRule`] (`--clip`). `Elu` is
+//! `relu(x) + α(exp(x − relu(x)) − 1)` with one relu switch `z = x` shared by both parts
+//! (`x − relu(x) = min(x, 0)`): its derivative at 0 is `r + α(1 − r)` with `r = relu′(0)`,
+//! which is α under PyTorch (r = 0), as `torch.nn.functional.elu` computes (it takes the
+//! `x ≤ 0` branch at 0). Anything else is an error naming the operator and the node; so
+//! are bad attributes (negative pads, an unknown `auto_pad`, a kernel larger than the
+//! padded input, mismatched weight shapes), each naming the node.
 
 use super::network::{sample_loss, Data, Loss, Wrt};
 use super::onnx_proto::{Model, Node};
