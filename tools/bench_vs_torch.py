@@ -23,6 +23,7 @@ import os
 import resource
 import statistics
 import subprocess
+import sys
 import time
 import warnings
 
@@ -120,15 +121,28 @@ def torch_time(m, x, y, reps=20):
     return statistics.median(ts)
 
 
-def kinkcheck_time(binary, model, data, reps=3):
+def kinkcheck_time(binary, model, data, reps=3, mem_gb=8.0, timeout=600.0):
+    """Median wall time, peak RSS (MB) and the report; None when the run exceeded the
+    address-space limit `mem_gb` or `timeout` seconds (the machine is shared: a runaway
+    verify must not take it down)."""
     ts, rss, rep = [], 0, None
+    limit = int(mem_gb * 2**30)
+
+    def cap():
+        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+
     for _ in range(reps):
         before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
         t = time.perf_counter()
-        out = subprocess.run([binary, "verify", model, "--data", data, "--json"], capture_output=True)
+        try:
+            out = subprocess.run([binary, "verify", model, "--data", data, "--json"],
+                                 capture_output=True, preexec_fn=cap, timeout=timeout)
+        except subprocess.TimeoutExpired:
+            return None
         ts.append(time.perf_counter() - t)
-        if out.returncode == 2:
-            raise SystemExit(out.stderr.decode())
+        if out.returncode == 2 or out.returncode < 0 or not out.stdout:
+            sys.stderr.write(out.stderr.decode()[-500:])
+            return None
         rss = max(rss, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, before)
         rep = json.loads(out.stdout)
     return statistics.median(ts), rss / 1024.0, rep
@@ -143,6 +157,8 @@ def main():
     ap.add_argument("--lenet-batch", type=int, default=64)
     ap.add_argument("--resnet-batch", type=int, default=32)
     ap.add_argument("--kinkcheck-runs", type=int, default=3)
+    ap.add_argument("--mem-limit-gb", type=float, default=8.0)
+    ap.add_argument("--timeout", type=float, default=600.0)
     args = ap.parse_args()
     os.makedirs(args.out, exist_ok=True)
     g = torch.Generator().manual_seed(2026)
@@ -161,7 +177,12 @@ def main():
         with open(data, "w") as f:
             json.dump({"inputs": x.tolist(), "targets": y.tolist()}, f)
         t_torch = torch_time(m, x, y)
-        t_kc, rss, rep = kinkcheck_time(args.binary, path, data, args.kinkcheck_runs)
+        res = kinkcheck_time(args.binary, path, data, args.kinkcheck_runs, args.mem_limit_gb, args.timeout)
+        if res is None:
+            print(f"{name}: batch {batch}: torch fwd+bwd {t_torch * 1e3:.2f} ms; kinkcheck verify "
+                  f"did not finish within {args.mem_limit_gb} GB / {args.timeout:.0f} s")
+            continue
+        t_kc, rss, rep = res
         n_params = sum(p.numel() for p in m.parameters())
         active = sum(1 for a in rep["active"] if a["status"] != "near")
         print(
