@@ -11,9 +11,12 @@
 //! it accepts the vector 1; kinkcheck refutes it.
 //!
 //! Before the criterion groups run, a table is printed (stderr): k, blocks, checker LPs, 2^k,
-//! ratio, checker wall time, naive time.
+//! ratio, checker wall time, naive time; then what the repair (`clarke_gradient`, the ∞-norm
+//! hull LP in R^n over the realized pieces) adds to the OUT verdicts: LPs and wall time against
+//! `Repair::Off`.
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
+use kinkcheck::report::Repair;
 use kinkcheck::{anf, eval, lp, Convention, Problem, VerifyOptions};
 use std::hint::black_box;
 use std::time::{Duration, Instant};
@@ -63,6 +66,13 @@ fn clarke_vector(k: usize) -> Vec<f64> {
 fn options(gradient: Option<Vec<f64>>) -> VerifyOptions {
     let mut o = VerifyOptions::new(Convention::pytorch());
     o.gradient = gradient;
+    o
+}
+
+/// The same without the repair (no `clarke_gradient`), to measure what it costs.
+fn options_no_repair(gradient: Option<Vec<f64>>) -> VerifyOptions {
+    let mut o = options(gradient);
+    o.repair = Repair::Off;
     o
 }
 
@@ -196,6 +206,38 @@ fn table() {
                 fmt_duration(Duration::from_secs_f64(naive.0)),
                 naive.1
             ),
+        );
+    }
+
+    eprintln!();
+    eprintln!("the repair (clarke_gradient) on the OUT verdicts above, against Repair::Off:");
+    eprintln!(
+        "{:>4} {:>11} {:>10} {:>12} {:>12} {:>8} {:>10}",
+        "k", "checker LPs", "repair LPs", "wall off", "wall on", "extra", "distance"
+    );
+    for k in [12usize, 16, 20, 24, 40] {
+        let (p, x) = pairs_program(k);
+        let r = kinkcheck::verify(&p, &x, &options(None)).unwrap();
+        let c = r.clarke_gradient.as_ref().expect("a clarke_gradient");
+        // interleave the two, so that machine load hits both alike
+        let (mut on, mut off) = (Vec::new(), Vec::new());
+        for _ in 0..61 {
+            off.push(time_it(1, || {
+                kinkcheck::verify(&p, &x, &options_no_repair(None)).unwrap()
+            }));
+            on.push(time_it(1, || {
+                kinkcheck::verify(&p, &x, &options(None)).unwrap()
+            }));
+        }
+        let (on, off) = (median(on), median(off));
+        eprintln!(
+            "{k:>4} {:>11} {:>10} {:>12} {:>12} {:>7.0}% {:>10}",
+            r.lps,
+            c.lps,
+            fmt_duration(off),
+            fmt_duration(on),
+            100.0 * (on.as_secs_f64() / off.as_secs_f64() - 1.0),
+            c.distance
         );
     }
 

@@ -30,6 +30,8 @@ pub mod pieces;
 pub mod reduced;
 pub mod report;
 pub mod tensor;
+#[cfg(test)]
+mod test_support;
 
 pub use convention::Convention;
 pub use error::Error;

@@ -412,6 +412,101 @@ pub fn hull_distance(points: &[Vec<f64>], target: &[f64]) -> R<Hull> {
     Ok(Hull { delta, weights })
 }
 
+/// Grouped hull LP (THEORY §6.4–§6.5 in full coordinates): the ∞-norm distance from `target`
+/// to the Minkowski sum `conv(groups[0]) + conv(groups[1]) + …`, i.e.
+/// `min δ` s.t. `-δ ≤ (Σ_b Σ_k λ_bk groups[b][k] − target)_j ≤ δ`, `Σ_k λ_bk = 1` for every
+/// group `b`, `λ ≥ 0`. With one group it is [`hull_distance`]. Coordinates on which every group
+/// is constant (common in R^n: variables no active switch reaches) do not enter the LP; they
+/// bound δ from below and are counted in the recomputed `delta`. Weights are returned group
+/// after group (flattened). A group without points: `delta = +∞`, weights empty.
+pub fn hull_distance_groups(groups: &[Vec<Vec<f64>>], target: &[f64]) -> R<Hull> {
+    let mut m = max_abs(target);
+    for g in groups {
+        m = m.max(check_points(g, target, "hull_distance_groups")?);
+    }
+    if groups.iter().any(|g| g.is_empty()) {
+        return Ok(Hull {
+            delta: INF,
+            weights: vec![],
+        });
+    }
+    let dim = target.len();
+    // per coordinate: the constant sum over groups when every group is constant there
+    let constant: Vec<Option<f64>> = (0..dim)
+        .map(|j| {
+            groups.iter().try_fold(0.0, |acc, g| {
+                let c = g[0][j];
+                g.iter().all(|p| p[j] == c).then_some(acc + c)
+            })
+        })
+        .collect();
+    retry(|rev| hull_groups_lp(groups, target, &constant, m, rev))
+}
+
+fn hull_groups_lp(
+    groups: &[Vec<Vec<f64>>],
+    target: &[f64],
+    constant: &[Option<f64>],
+    m: f64,
+    rev: bool,
+) -> R<Hull> {
+    const WHAT: &str = "hull_distance_groups";
+    let sc = if m > 0.0 { m } else { 1.0 };
+    let total: usize = groups.iter().map(|g| g.len()).sum();
+    let lb = target
+        .iter()
+        .zip(constant)
+        .filter_map(|(x, c)| c.map(|c| (c - x).abs() / sc))
+        .fold(0.0, f64::max);
+    let mut lp = Model::default();
+    lp.vars(total, 0.0, INF, |_| 0.0);
+    let d = lp.vars(1, lb, INF, |_| 1.0);
+    let mut first = 0;
+    for g in groups {
+        lp.con((first..first + g.len()).map(|k| (k, 1.0)), true, 1.0);
+        first += g.len();
+    }
+    let flat: Vec<&Vec<f64>> = groups.iter().flatten().collect();
+    for (j, &x) in target.iter().enumerate() {
+        if constant[j].is_some() {
+            continue;
+        }
+        for s in [1.0, -1.0] {
+            let col = flat.iter().enumerate().map(|(k, p)| (k, s * p[j] / sc));
+            lp.con(col.chain([(d, -1.0)]), false, s * x / sc);
+        }
+    }
+    let x = lp.solve_some(WHAT, false, rev)?;
+    let mut weights = Vec::with_capacity(total);
+    let mut first = 0;
+    for g in groups {
+        let w = &x[first..first + g.len()];
+        if let Some(v) = w.iter().find(|&&v| v < -FEAS_TOL) {
+            fail!(WHAT, "negative weight {v:e}");
+        }
+        let sum: f64 = w.iter().map(|v| v.max(0.0)).sum();
+        if (sum - 1.0).abs() > FEAS_TOL * (1.0 + g.len() as f64) {
+            fail!(WHAT, "weights of a group sum to {sum} instead of 1");
+        }
+        weights.extend(w.iter().map(|v| v.max(0.0) / sum));
+        first += g.len();
+    }
+    // recompute δ from the weights, over every coordinate
+    let mut delta = 0.0_f64;
+    for (j, &t) in target.iter().enumerate() {
+        let v: f64 = flat.iter().zip(&weights).map(|(p, w)| w * p[j]).sum();
+        delta = delta.max((v - t).abs());
+    }
+    if !delta.is_finite() {
+        fail!(WHAT, "non-finite residual");
+    }
+    let d_solver = x[d] * sc;
+    if delta > d_solver + FEAS_TOL * (1.0 + m + d_solver.abs()) {
+        fail!(WHAT, "residual {delta:e} > bound {d_solver:e}");
+    }
+    Ok(Hull { delta, weights })
+}
+
 /// Separation LP: `max h·target − β` s.t. `h·points_k ≤ β` for all `k`, `‖h‖_1 ≤ 1`.
 ///
 /// The LP dual of [`hull_distance`] (so `gamma == delta` at optimality); `gamma > 0` means
@@ -580,6 +675,8 @@ mod tests {
     }
 
     proptest! {
+        #![proptest_config(crate::test_support::proptest_config(256, 0x6b63_0301, "proptest-regressions/lp.txt"))]
+
         #[test]
         fn duality_and_certificates((pts, x) in instance()) {
             let d = x.len();
@@ -610,6 +707,16 @@ mod tests {
                 prop_assert!((0..d).all(|j| sum(j).abs() <= 1e-9 * (1.0 + 3.0 * ymax)));
                 prop_assert!(g.eps <= 1e-9 && m.t <= 1e-9);
             }
+            // one group is the plain hull LP; two groups: the Minkowski sum, whose distance is
+            // at most that of any one sum of points and at least the hull LP's on the sums
+            let one = hull_distance_groups(std::slice::from_ref(&pts), &x).unwrap();
+            prop_assert!((one.delta - h.delta).abs() <= 1e-7, "{} {}", one.delta, h.delta);
+            let (ga, gb) = pts.split_at(1);
+            let two = hull_distance_groups(&[ga.to_vec(), gb.to_vec()], &x).unwrap();
+            let sums: Vec<Vec<f64>> = gb.iter().map(|q| q.iter().zip(&ga[0]).map(|(a, b)| a + b).collect()).collect();
+            let hs = hull_distance(&sums, &x).unwrap();
+            prop_assert!((two.delta - hs.delta).abs() <= 1e-7, "{} {}", two.delta, hs.delta);
+            prop_assert!(simplex_ok(&two.weights[..1]) && simplex_ok(&two.weights[1..]));
             // rows ∪ −rows always admits a Stiemke certificate.
             let neg = pts.iter().map(|r| r.iter().map(|v| -v).collect());
             let sym: Vec<Vec<f64>> = pts.iter().cloned().chain(neg).collect();

@@ -76,6 +76,9 @@ struct VerifyArgs {
     /// Wall-time budget of the LP checker, in seconds.
     #[arg(long, default_value_t = 10.0)]
     timeout: f64,
+    /// Write the reported Clarke gradient (`clarke_gradient.vector`) to FILE as a JSON array.
+    #[arg(long, value_name = "FILE")]
+    write_gradient: Option<PathBuf>,
 }
 
 fn parse_numbers(text: &str, what: &str) -> Result<Vec<f64>, Error> {
@@ -178,7 +181,26 @@ fn run(cli: Cli) -> Result<ExitCode, Error> {
             }
             opts.check.timeout = std::time::Duration::from_secs_f64(args.timeout.min(1e6));
             opts.check.progress = std::io::stderr().is_terminal();
+            if args.write_gradient.is_some() {
+                opts.repair = kinkcheck::report::Repair::Always;
+            }
             let report = kinkcheck::verify(&p, &x, &opts)?;
+            if let Some(path) = &args.write_gradient {
+                match &report.clarke_gradient {
+                    Some(c) => {
+                        let text = serde_json::to_string(&c.vector)
+                            .map_err(|e| Error::input(e.to_string()))?;
+                        std::fs::write(path, format!("{text}\n")).map_err(|e| {
+                            Error::input(format!("cannot write {}: {e}", path.display()))
+                        })?;
+                    }
+                    None => eprintln!(
+                        "kinkcheck: no realized piece is known ({}); {} not written",
+                        report.reason,
+                        path.display()
+                    ),
+                }
+            }
             if args.src.json {
                 let text =
                     serde_json::to_string(&report).map_err(|e| Error::input(e.to_string()))?;

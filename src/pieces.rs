@@ -75,6 +75,9 @@ pub struct CheckOptions {
     pub tau_rel: f64,
     /// Show a progress spinner on stderr during long searches (the CLI sets it on a terminal).
     pub progress: bool,
+    /// Apply the abs-affine sub-system test of THEORY §6.2 (on by default; off reproduces the
+    /// earlier checker, for comparisons in tests and benches).
+    pub abs_affine_subsystem: bool,
 }
 
 impl Default for CheckOptions {
@@ -86,6 +89,7 @@ impl Default for CheckOptions {
             tau_g: 1e-9,
             tau_rel: 1e-9,
             progress: false,
+            abs_affine_subsystem: true,
         }
     }
 }
@@ -103,6 +107,10 @@ pub struct Check {
     pub lps: usize,
     /// Did the enumeration finish within the budgets?
     pub complete: bool,
+    /// Per block, the reduced hull LP's convex weights over the block's realized pieces
+    /// (`(piece index, weight)`; None when the block has no realized piece or the LP failed):
+    /// the point of their hull nearest to the block's part of v in the reduced ∞-norm (§6.5).
+    pub hull: Vec<Option<Vec<(usize, f64)>>>,
 }
 
 struct Search<'a> {
@@ -120,6 +128,16 @@ struct Search<'a> {
 }
 
 const LIST_UNREALIZED: usize = 64;
+
+/// Outcome of the abs-affine sub-system test.
+enum Sub {
+    /// The restricted strict system holds at this reduced witness.
+    Feasible(Vec<f64>),
+    /// Gordan certifies it infeasible: the prefix is UNREALIZED exactly.
+    Infeasible,
+    /// Inside the tolerance band, or an LP failure.
+    Unknown,
+}
 
 impl Search<'_> {
     fn over_budget(&mut self) -> bool {
@@ -294,7 +312,16 @@ impl Search<'_> {
         for s in order.drain(..) {
             sigma[i] = s;
             if undecided {
-                self.dfs(b, block, d + 1, sigma, rows, None, true);
+                // `witness` is a witness of the abs-affine sub-system of the prefix (or None)
+                if !self.st.affine[i] || zero || !self.opts.abs_affine_subsystem {
+                    self.dfs(b, block, d + 1, sigma, rows, witness, true);
+                    continue;
+                }
+                match self.affine_subsystem(block, d, sigma, rows, witness) {
+                    Sub::Infeasible => self.list_unrealized_subtree(b, block, d + 1, sigma, rows),
+                    Sub::Feasible(e) => self.dfs(b, block, d + 1, sigma, rows, Some(&e), true),
+                    Sub::Unknown => self.dfs(b, block, d + 1, sigma, rows, None, true),
+                }
                 continue;
             }
             let prefix: Vec<usize> = block[..=d].to_vec();
@@ -311,24 +338,82 @@ impl Search<'_> {
                     continue;
                 }
             }
-            let Some((t, e)) = self.strict(&rho) else {
-                self.dfs(b, block, d + 1, sigma, rows, None, true);
-                continue;
-            };
-            if t > TAU_LP {
-                self.dfs(b, block, d + 1, sigma, rows, Some(&e), false);
-                continue;
+            let strict = self.strict(&rho);
+            if let Some((t, e)) = &strict {
+                if *t > TAU_LP {
+                    self.dfs(b, block, d + 1, sigma, rows, Some(e), false);
+                    continue;
+                }
             }
-            self.lps += 1;
-            let gordan = lp::gordan(&rho, self.space.r)
-                .map(|g| g.eps)
-                .unwrap_or(f64::INFINITY);
             let affine = prefix.iter().all(|&j| self.st.affine[j]);
-            if gordan <= self.opts.tau_g && affine {
-                self.list_unrealized_subtree(b, block, d + 1, sigma, rows);
-            } else {
-                self.dfs(b, block, d + 1, sigma, rows, None, true);
+            if strict.is_some() {
+                self.lps += 1;
+                let gordan = lp::gordan(&rho, self.space.r).ok();
+                let eps = gordan.as_ref().map_or(f64::INFINITY, |g| g.eps);
+                // Gordan multipliers on abs-affine rows only certify the abs-affine
+                // sub-system infeasible as well (THEORY §6.2): no further LP
+                let on_affine = || {
+                    let tol = self.space.zero_tol();
+                    let live = prefix.iter().filter(|&&j| lp::max_abs(&rows[j]) > tol);
+                    let y = gordan.as_ref().map_or(&[][..], |g| &g.y[..]);
+                    live.zip(y).all(|(&j, &yj)| yj <= 0.0 || self.st.affine[j])
+                };
+                if eps <= self.opts.tau_g
+                    && (affine || (self.opts.abs_affine_subsystem && on_affine()))
+                {
+                    self.list_unrealized_subtree(b, block, d + 1, sigma, rows);
+                    continue;
+                }
             }
+            // Not PL-realized (or an LP failure): the abs-affine part of the prefix may still
+            // decide exactly (THEORY §6.2); its witness lets the descent skip LPs.
+            if affine || !self.opts.abs_affine_subsystem {
+                self.dfs(b, block, d + 1, sigma, rows, None, true);
+                continue;
+            }
+            match self.affine_subsystem(block, d, sigma, rows, None) {
+                Sub::Infeasible => self.list_unrealized_subtree(b, block, d + 1, sigma, rows),
+                Sub::Feasible(e) => self.dfs(b, block, d + 1, sigma, rows, Some(&e), true),
+                Sub::Unknown => self.dfs(b, block, d + 1, sigma, rows, None, true),
+            }
+        }
+    }
+
+    /// The abs-affine sub-system of the prefix `block[..=d]` (THEORY §6.2): the strict system
+    /// restricted to its abs-affine switches. Every switch upstream of an abs-affine switch is
+    /// abs-affine, so those rows depend only on the signs of abs-affine switches and the PL
+    /// model of z_A is exact near x̂: if the restricted strict system is infeasible (Gordan
+    /// ε* ≤ τ_g), no completion of the prefix is realized, whatever the other switches do.
+    /// `hint`: a witness of the sub-system without the newest row (no LP if it still works).
+    fn affine_subsystem(
+        &mut self,
+        block: &[usize],
+        d: usize,
+        sigma: &[f64],
+        rows: &[Vec<f64>],
+        hint: Option<&[f64]>,
+    ) -> Sub {
+        let a: Vec<usize> = block[..=d]
+            .iter()
+            .copied()
+            .filter(|&j| self.st.affine[j])
+            .collect();
+        let rho = self.space.strict_rows(rows, sigma, &a);
+        if let Some(w) = hint {
+            let t = rho.iter().map(|r| dot(r, w)).fold(f64::INFINITY, f64::min);
+            if t > TAU_LP {
+                return Sub::Feasible(w.to_vec());
+            }
+        }
+        match self.strict(&rho) {
+            Some((t, e)) if t > TAU_LP => return Sub::Feasible(e),
+            Some(_) => {}
+            None => return Sub::Unknown,
+        }
+        self.lps += 1;
+        match lp::gordan(&rho, self.space.r) {
+            Ok(g) if g.eps <= self.opts.tau_g => Sub::Infeasible,
+            _ => Sub::Unknown,
         }
     }
 
@@ -476,6 +561,81 @@ fn block_basis(space: &ReducedSpace, block: &[usize]) -> DMatrix<f64> {
     DMatrix::from_fn(space.r, cols.len(), |i, j| vecs[(i, cols[j])])
 }
 
+/// The pieces found by [`enumerate`].
+#[derive(Debug, Clone)]
+pub struct Enumeration {
+    /// Realized, undecided and (some) unrealized pieces, per block.
+    pub pieces: Vec<Piece>,
+    /// Blocks of active-switch indices (into α).
+    pub blocks: Vec<Vec<usize>>,
+    pub lps: usize,
+    /// The budget that cut the search short, if any.
+    pub truncated: Option<String>,
+}
+
+/// The prefix search (THEORY §6.3) on each independent block (§6.4) under the budgets of
+/// `opts`. With `first_only`, each block stops at its first realized piece (a few LPs per
+/// block: the witness shortcut decides most switches), which is enough to offer a certified
+/// Clarke gradient when the analyzer's guarantee made the full enumeration unnecessary.
+pub fn enumerate(
+    data: &ActiveData,
+    space: &ReducedSpace,
+    st: &Structure,
+    opts: &CheckOptions,
+    first_only: bool,
+) -> Enumeration {
+    let blocks = blocks(data, space, st);
+    let k = data.k();
+    let mut first_opts = opts.clone();
+    first_opts.max_pieces = 1;
+    let start = Instant::now();
+    let mut out = Enumeration {
+        pieces: vec![],
+        blocks: vec![],
+        lps: 0,
+        truncated: None,
+    };
+    let mut search = Search {
+        data,
+        space,
+        st,
+        opts: if first_only { &first_opts } else { opts },
+        start,
+        lps: 0,
+        leaves: 0,
+        truncated: None,
+        pieces: vec![],
+        unrealized_listed: 0,
+        bar: None,
+    };
+    for (b, block) in blocks.iter().enumerate() {
+        let mut sigma = vec![0.0; k];
+        let mut rows = vec![vec![]; k];
+        if first_only {
+            // a fresh piece budget per block; the LP and time budgets stay global
+            search.leaves = 0;
+            search.truncated = None;
+            if search.lps >= opts.max_lps || start.elapsed() > opts.timeout {
+                out.truncated = Some("budget reached".into());
+                break;
+            }
+        }
+        search.dfs(b, block, 0, &mut sigma, &mut rows, None, false);
+    }
+    if let Some(bar) = search.bar.take() {
+        bar.finish_and_clear();
+    }
+    out.lps = search.lps;
+    out.truncated = if first_only {
+        Some("first realized piece of each block only".into())
+    } else {
+        search.truncated.take()
+    };
+    out.pieces = std::mem::take(&mut search.pieces);
+    out.blocks = blocks;
+    out
+}
+
 /// Decide whether `v` lies in the Clarke subdifferential of the first-order model.
 pub fn check(
     data: &ActiveData,
@@ -494,6 +654,7 @@ pub fn check(
         blocks: vec![],
         lps: 0,
         complete: false,
+        hull: vec![],
     };
     // Off the row space (or no active switch): every piece has ρ·g = ρ·g0.
     let (cv, dist) = space.project(data, &w);
@@ -523,33 +684,11 @@ pub fn check(
         out.complete = true;
         return out;
     }
-    let blocks = blocks(data, space, st);
-    let mut search = Search {
-        data,
-        space,
-        st,
-        opts,
-        start: Instant::now(),
-        lps: 0,
-        leaves: 0,
-        truncated: None,
-        pieces: vec![],
-        unrealized_listed: 0,
-        bar: None,
-    };
-    let k = data.k();
-    for (b, block) in blocks.iter().enumerate() {
-        let mut sigma = vec![0.0; k];
-        let mut rows = vec![vec![]; k];
-        search.dfs(b, block, 0, &mut sigma, &mut rows, None, false);
-    }
-    if let Some(bar) = search.bar.take() {
-        bar.finish_and_clear();
-    }
-    out.lps = search.lps;
-    out.complete = search.truncated.is_none();
-    let truncated = search.truncated.clone();
-    out.pieces = std::mem::take(&mut search.pieces);
+    let e = enumerate(data, space, st, opts, false);
+    let (blocks, truncated) = (e.blocks, e.truncated);
+    out.lps = e.lps;
+    out.complete = truncated.is_none();
+    out.pieces = e.pieces;
     // decompose c_v over the blocks (direct sum)
     let bases: Vec<DMatrix<f64>> = blocks.iter().map(|b| block_basis(space, b)).collect();
     let parts: Vec<Vec<f64>> = if blocks.len() == 1 {
@@ -593,7 +732,14 @@ pub fn check(
             .collect();
         let pts: Vec<Vec<f64>> = idx.iter().map(|&i| out.pieces[i].offset.clone()).collect();
         out.lps += 1;
-        match lp::hull_distance(&pts, part) {
+        let hull = lp::hull_distance(&pts, part);
+        out.hull.push(
+            hull.as_ref()
+                .ok()
+                .filter(|_| !idx.is_empty())
+                .map(|h| idx.iter().copied().zip(h.weights.iter().copied()).collect()),
+        );
+        match hull {
             Ok(h) if h.delta <= tau => {
                 worst_in = worst_in.max(h.delta);
                 for (&i, &wt) in idx.iter().zip(&h.weights) {
@@ -722,6 +868,7 @@ impl Check {
             blocks: vec![],
             lps: 0,
             complete: false,
+            hull: vec![],
         }
     }
 }
@@ -807,5 +954,6 @@ pub fn support_certificate(
         blocks: vec![(0..k).collect()],
         lps,
         complete: false,
+        hull: vec![],
     })
 }

@@ -29,6 +29,21 @@ pub struct VerifyOptions {
     pub check: CheckOptions,
     /// Budgets of the analyzer.
     pub analyze: AnalyzeOptions,
+    /// When to compute the [`ClarkeGradient`] (the repair of CONTRACT §3).
+    pub repair: Repair,
+}
+
+/// When [`verify`] computes the [`ClarkeGradient`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Repair {
+    /// Never (saves the repair's LPs).
+    Off,
+    /// From the realized pieces the verdict needed anyway, plus an enumeration when v is
+    /// refuted off the active row space before any (the default).
+    Known,
+    /// Also when the analyzer's guarantee made the enumeration unnecessary: then the first
+    /// realized piece of each block is found. The CLI uses it with `--write-gradient`.
+    Always,
 }
 
 impl VerifyOptions {
@@ -40,6 +55,7 @@ impl VerifyOptions {
             tau_act: eval::TAU_ACT,
             check: CheckOptions::default(),
             analyze: AnalyzeOptions::default(),
+            repair: Repair::Known,
         }
     }
 }
@@ -101,6 +117,51 @@ pub enum CertificateReport {
     Separation { direction: Vec<f64>, bound: f64 },
 }
 
+/// The repair of CONTRACT §3: a certified Clarke gradient near the checked vector v.
+///
+/// `vector` is a convex combination of the gradients of REALIZED pieces only (never undecided
+/// ones), with `weights` over `pieces` (indices into [`Report::pieces`]); when the switches split
+/// into independent blocks (THEORY §6.4) the weights sum to 1 in each block and
+/// `vector = g0 + Σ weights·gradient` (the pieces' gradients are then block contributions),
+/// which is a convex combination of joint pieces (product weights). `distance` is
+/// ‖vector − v‖_∞, computed from the vector itself, so it is never wrong.
+///
+/// Which point it is: for verdict IN with convex weights, v itself (distance 0). Otherwise the
+/// ∞-norm hull LP in R^n over the realized pieces (blocks: over the Minkowski sum of the
+/// blocks' hulls), which gives the exact ∞-nearest point of their hull; when that LP would be
+/// too large (many variables reached by the switches times many pieces) the per-block hull
+/// LPs of the reduced space (§6.5) are used instead, whose point is a Clarke gradient but not
+/// necessarily the ∞-nearest one. `nearest` says whether `vector` is proven the point of
+/// ∂^C f(x̂) = conv(all realized pieces) nearest to v: distance 0, or the exact LP after a
+/// complete enumeration. Otherwise `distance` is an upper bound on the least distance.
+#[derive(Debug, Clone, Serialize)]
+pub struct ClarkeGradient {
+    /// The Clarke gradient, in the source's variable order. Omitted from the JSON when
+    /// n > 10 000 (`kinkcheck verify --write-gradient FILE` writes it as a JSON array).
+    #[serde(skip_serializing_if = "too_long")]
+    pub vector: Vec<f64>,
+    /// Convex weights (positive), one per entry of `pieces`.
+    pub weights: Vec<f64>,
+    /// Indices into the report's `pieces` (all realized).
+    pub pieces: Vec<usize>,
+    /// δ = ‖vector − v‖_∞.
+    pub distance: f64,
+    /// The norm of `distance`: always `"inf"`.
+    pub norm: &'static str,
+    /// Is `vector` proven the point of ∂^C f(x̂) nearest to v in the ∞-norm?
+    pub nearest: bool,
+    /// How it was found: `"certificate"` (verdict IN: v itself), `"gradient"` (no active
+    /// switch: ∇f), `"full"` (the ∞-norm hull LP in R^n) or `"reduced"` (the reduced-space
+    /// hull LPs, when the full one would be too large).
+    pub hull: &'static str,
+    /// Linear programs solved for the repair alone (not counted in [`Report::lps`]).
+    pub lps: usize,
+}
+
+fn too_long(v: &[f64]) -> bool {
+    v.len() > PRINT_N
+}
+
 /// The result of [`verify`].
 #[derive(Debug, Clone, Serialize)]
 pub struct Report {
@@ -119,6 +180,10 @@ pub struct Report {
     pub pieces: Vec<PieceReport>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub certificate: Option<CertificateReport>,
+    /// A certified Clarke gradient nearest to the checked vector (CONTRACT §3), present when
+    /// at least one realized piece is known in every block (or no switch is active).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub clarke_gradient: Option<ClarkeGradient>,
     /// Blocks of independent switches (indices into `active`).
     pub blocks: Vec<Vec<usize>>,
     /// Was the piece enumeration complete, and how many LPs did it take?
@@ -135,6 +200,10 @@ pub struct Report {
     pub assumptions: Vec<String>,
 }
 
+/// LP budget of the reporting-only enumeration after a guaranteed IN (k ≤ 12 switches, at most
+/// 64 pieces: the prefix search needs at most 2k·64 = 1536 strict LPs, THEORY §6.3).
+const REPORT_LPS: usize = 1024;
+
 /// Largest n for which piece gradients and witnesses are printed in full.
 const PRINT_N: usize = 10_000;
 
@@ -143,6 +212,8 @@ struct Stage {
     analysis: Analysis,
     check: Check,
     space: ReducedSpace,
+    /// LPs of the enumeration run for the repair alone.
+    repair_lps: usize,
 }
 
 fn run_stage(
@@ -189,16 +260,34 @@ fn run_stage(
     } else {
         let mut copts = opts.check.clone();
         if analysis.guaranteed {
+            // reporting only: a short enumeration bounded by counts, not by wall time, so
+            // that the report does not depend on the speed of the machine (issue 13)
             copts.max_pieces = copts.max_pieces.min(64);
-            copts.timeout = copts.timeout.min(std::time::Duration::from_millis(500));
+            copts.max_lps = copts.max_lps.min(REPORT_LPS);
         }
         pieces::check(&data, &space, &structure, v, &copts)
     };
+    // The repair needs realized pieces: v off the active row space is OUT before any
+    // enumeration, and the analyzer's guarantee may skip it; enumerate for the report then.
+    let mut check = check;
+    let mut repair_lps = 0;
+    if data.k() > 0
+        && check.blocks.is_empty()
+        && ((check.verdict == Verdict::Out && opts.repair != Repair::Off)
+            || (opts.repair == Repair::Always && analysis.guaranteed))
+    {
+        let e = pieces::enumerate(&data, &space, &structure, &opts.check, analysis.guaranteed);
+        repair_lps = e.lps;
+        check.complete = e.truncated.is_none();
+        check.pieces = e.pieces;
+        check.blocks = e.blocks;
+    }
     Ok(Stage {
         data,
         analysis,
         check,
         space,
+        repair_lps,
     })
 }
 
@@ -370,6 +459,11 @@ pub fn verify(problem: &Problem, point: &[f64], opts: &VerifyOptions) -> Result<
         .iter()
         .map(|b| b.iter().map(|&i| pos_in_active[i]).collect())
         .collect();
+    let clarke_gradient = if opts.repair == Repair::Off {
+        None
+    } else {
+        clarke_gradient(&stage, &gradient, verdict, &certificate)
+    };
     Ok(Report {
         verdict,
         reason,
@@ -383,6 +477,7 @@ pub fn verify(problem: &Problem, point: &[f64], opts: &VerifyOptions) -> Result<
         analyzer: stage.analysis,
         pieces,
         certificate,
+        clarke_gradient,
         blocks,
         complete: stage.check.complete,
         lps: stage.check.lps,
@@ -421,6 +516,154 @@ fn clip_assumptions(g: &Graph, states: &[SwitchState]) -> Vec<String> {
         }
     }
     out
+}
+
+/// Most entries (varying coordinates × pieces) of the exact ∞-norm hull LP in R^n; above it
+/// the repair uses the reduced-space hull LPs. At the limit, a dense LP takes 0.15–0.25 s
+/// (1000 coordinates × 100 pieces, 500 × 200, 2000 × 50, measured once).
+const EXACT_LP_ENTRIES: usize = 100_000;
+
+/// The repair (CONTRACT §3, THEORY §6.5): see [`ClarkeGradient`].
+fn clarke_gradient(
+    stage: &Stage,
+    v: &[f64],
+    verdict: Verdict,
+    certificate: &Option<CertificateReport>,
+) -> Option<ClarkeGradient> {
+    let (data, space, check) = (&stage.data, &stage.space, &stage.check);
+    let lps = stage.repair_lps;
+    let g0 = &data.g0;
+    let dist = |x: &[f64]| {
+        x.iter()
+            .zip(v)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0, f64::max)
+    };
+    let made = |vector: Vec<f64>, weights, pieces, nearest, hull, lps| {
+        let distance = dist(&vector);
+        Some(ClarkeGradient {
+            vector,
+            weights,
+            pieces,
+            distance,
+            norm: "inf",
+            nearest: nearest || distance == 0.0,
+            hull,
+            lps,
+        })
+    };
+    if data.k() == 0 {
+        // differentiable: the gradient is the only Clarke gradient
+        let vector = if verdict == Verdict::In {
+            v.to_vec()
+        } else {
+            g0.clone()
+        };
+        return made(vector, vec![], vec![], true, "gradient", lps);
+    }
+    if let (Verdict::In, Some(CertificateReport::Weights { weights, pieces })) =
+        (verdict, certificate)
+    {
+        if !pieces.is_empty() {
+            return made(
+                v.to_vec(),
+                weights.clone(),
+                pieces.clone(),
+                true,
+                "certificate",
+                lps,
+            );
+        }
+    }
+    let nb = check.blocks.len();
+    let groups: Vec<Vec<usize>> = (0..nb)
+        .map(|b| {
+            (0..check.pieces.len())
+                .filter(|&i| {
+                    check.pieces[i].block == b && check.pieces[i].status == Status::Realized
+                })
+                .collect()
+        })
+        .collect();
+    if nb == 0 || groups.iter().any(|g| g.is_empty()) {
+        return None;
+    }
+    let single = nb == 1;
+    let lifted: Vec<Vec<Vec<f64>>> = groups
+        .iter()
+        .map(|g| {
+            g.iter()
+                .map(|&i| {
+                    let c = space.lift(data, &check.pieces[i].offset);
+                    if single {
+                        c.iter().zip(g0).map(|(a, b)| a + b).collect()
+                    } else {
+                        c
+                    }
+                })
+                .collect()
+        })
+        .collect();
+    let target: Vec<f64> = if single {
+        v.to_vec()
+    } else {
+        v.iter().zip(g0).map(|(a, b)| a - b).collect()
+    };
+    let varying = (0..v.len())
+        .filter(|&j| lifted.iter().any(|g| g.iter().any(|p| p[j] != g[0][j])))
+        .count();
+    let total: usize = groups.iter().map(|g| g.len()).sum();
+    let assemble = |weights: &[(usize, usize, f64)]| {
+        let mut vector = if single {
+            vec![0.0; v.len()]
+        } else {
+            g0.clone()
+        };
+        for &(b, k, w) in weights {
+            for (a, p) in vector.iter_mut().zip(&lifted[b][k]) {
+                *a += w * p;
+            }
+        }
+        vector
+    };
+    // (block, position in the block's group, weight)
+    let mut chosen: Vec<(usize, usize, f64)> = Vec::new();
+    let mut exact = false;
+    let mut lps = lps;
+    if varying * (total + 1) <= EXACT_LP_ENTRIES {
+        lps += 1;
+        if let Ok(h) = crate::lp::hull_distance_groups(&lifted, &target) {
+            let mut it = h.weights.iter();
+            for (b, g) in groups.iter().enumerate() {
+                for k in 0..g.len() {
+                    let w = *it.next().unwrap_or(&0.0);
+                    if w > 0.0 {
+                        chosen.push((b, k, w));
+                    }
+                }
+            }
+            exact = true;
+        }
+    }
+    if !exact {
+        // the reduced-space hull LPs of the checker (per block)
+        if check.hull.len() != nb || check.hull.iter().any(|h| h.is_none()) {
+            return None;
+        }
+        for (b, h) in check.hull.iter().enumerate() {
+            for &(i, w) in h.as_deref().unwrap_or(&[]) {
+                if w > 0.0 {
+                    let k = groups[b].iter().position(|&j| j == i)?;
+                    chosen.push((b, k, w));
+                }
+            }
+        }
+    }
+    let vector = assemble(&chosen);
+    let weights = chosen.iter().map(|c| c.2).collect();
+    let pieces = chosen.iter().map(|c| groups[c.0][c.1]).collect();
+    let hull = if exact { "full" } else { "reduced" };
+    made(vector, weights, pieces, exact && check.complete, hull, lps)
 }
 
 /// Evaluate the program at x̂ + εd for decreasing ε and check the block's switch signs.
@@ -633,6 +876,19 @@ impl Report {
                 );
             }
             None => {}
+        }
+        if let Some(c) = &self.clarke_gradient {
+            let _ = writeln!(
+                s,
+                "clarke gradient: {} (∞-distance {} from v{})",
+                fmt_vec(&c.vector),
+                num(c.distance),
+                if c.nearest {
+                    ", nearest"
+                } else {
+                    ", not proven nearest"
+                }
+            );
         }
         s
     }

@@ -533,13 +533,26 @@ pub fn conv_adjoint(
     if xbar.is_none() && wbar.is_none() {
         return;
     }
-    let nnz = ybar.iter().filter(|&&t| t != 0.0).count();
-    if nnz == 0 {
-        return;
+    // one pass: the positions of the nonzeros, abandoned once there are too many
+    let limit = ybar.len() / SPARSE_FRACTION;
+    let mut nonzeros = Vec::new();
+    for (i, &t) in ybar.iter().enumerate() {
+        if t != 0.0 {
+            if nonzeros.len() == limit {
+                nonzeros.clear();
+                nonzeros.push(usize::MAX); // marks "dense"
+                break;
+            }
+            nonzeros.push(i);
+        }
     }
-    if nnz * SPARSE_FRACTION <= ybar.len() {
-        sparse_adjoint(g, x, w, ybar, xbar, wbar);
-        return;
+    match nonzeros.first() {
+        None => return,
+        Some(&usize::MAX) => {}
+        Some(_) => {
+            sparse_adjoint(g, x, w, ybar, &nonzeros, xbar, wbar);
+            return;
+        }
     }
     let (kg, cg) = (g.kg(), g.out_per_group());
     SCRATCH.with_borrow_mut(|(cols, colsbar)| {
@@ -591,20 +604,19 @@ fn tap_range(
     valid_range(k_len, d, base, in_len)
 }
 
-/// The adjoint by direct loops over the nonzeros of `ȳ` (few of them).
+/// The adjoint by direct loops over the nonzeros of `ȳ` (few of them, at `nonzeros`).
 fn sparse_adjoint(
     g: &ConvGeometry,
     x: &[f64],
     w: &[f64],
     ybar: &[f64],
+    nonzeros: &[usize],
     mut xbar: Option<&mut [f64]>,
     mut wbar: Option<&mut [f64]>,
 ) {
     let (p, kg, cg, cig) = (g.out_size, g.kg(), g.out_per_group(), g.in_per_group());
-    for (idx, &l) in ybar.iter().enumerate() {
-        if l == 0.0 {
-            continue;
-        }
+    for &idx in nonzeros {
+        let l = ybar[idx];
         let (co, q) = (idx / p, idx % p);
         let gi = co / cg;
         let o = [

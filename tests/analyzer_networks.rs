@@ -6,7 +6,9 @@
 use kinkcheck::frontend::Problem;
 use kinkcheck::graph::{Graph, Origin};
 use kinkcheck::report::Verdict;
-use kinkcheck::{analyze::By, lower, Convention, VerifyOptions};
+use kinkcheck::{analyze::By, lower, Convention};
+
+mod common;
 
 /// dense d→h (W1, b1), relu, dense h→1 (w2, c), mse; wrt params [W1, b1, w2, c].
 fn net(d: usize, h: usize, xs: &[Vec<f64>], ys: &[f64]) -> Problem {
@@ -55,7 +57,12 @@ fn theta(w1: &[f64], b1: &[f64], w2: &[f64], c: f64) -> Vec<f64> {
 }
 
 fn run(p: &Problem, x: &[f64], conv: &str) -> kinkcheck::Report {
-    kinkcheck::verify(p, x, &VerifyOptions::new(Convention::parse(conv).unwrap())).unwrap()
+    kinkcheck::verify(
+        p,
+        x,
+        &common::verify_options(Convention::parse(conv).unwrap()),
+    )
+    .unwrap()
 }
 
 #[test]
@@ -131,7 +138,7 @@ fn per_sample_mixed_choice_is_refuted_with_a_certificate() {
     let r = run(&p, &x, "sigma=0");
     assert_eq!(r.analyzer.by, Some(By::Grouped));
     for v in [vec![1.0, 1.0, 0.0, 0.0], vec![-1.0, -1.0, 0.0, 0.0]] {
-        let mut o = VerifyOptions::new(Convention::pytorch());
+        let mut o = common::verify_options(Convention::pytorch());
         o.gradient = Some(v.clone());
         let r = kinkcheck::verify(&p, &x, &o).unwrap();
         assert_eq!(r.verdict, Verdict::Out, "{v:?}: {}", r.reason);

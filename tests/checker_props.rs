@@ -29,10 +29,12 @@
 use kinkcheck::eval::{self, AbsRule, ReverseSweeper, Seed};
 use kinkcheck::pieces::{Status, Verdict};
 use kinkcheck::report::{CertificateReport, Report};
-use kinkcheck::{anf, lp, Convention, Problem, VerifyOptions};
+use kinkcheck::{anf, lp, Convention, Problem};
 use proptest::prelude::*;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
+
+mod common;
 
 // ---------------------------------------------------------------------------------------------
 // Program generator
@@ -554,11 +556,11 @@ fn conventions(s: f64) -> Vec<Convention> {
 }
 
 fn verify_conv(p: &Problem, x: &[f64], c: &Convention) -> Report {
-    kinkcheck::verify(p, x, &VerifyOptions::new(c.clone())).unwrap()
+    kinkcheck::verify(p, x, &common::verify_options(c.clone())).unwrap()
 }
 
 fn verify_vec(p: &Problem, x: &[f64], v: &[f64]) -> Report {
-    let mut o = VerifyOptions::new(Convention::pytorch());
+    let mut o = common::verify_options(Convention::pytorch());
     o.gradient = Some(v.to_vec());
     kinkcheck::verify(p, x, &o).unwrap()
 }
@@ -632,6 +634,7 @@ fn check_report(p: &Problem, x: &[f64], r: &Report, strict_in: bool) -> Result<(
             ));
         }
     }
+    check_clarke(p, x, r)?;
     if r.convention != "explicit" && r.reason.contains("row space") {
         // AD(σ̃) − g0 lies in the row space of J_α exactly (THEORY §3, §6.5)
         return Err("an AD vector was found off the active row space".into());
@@ -728,6 +731,149 @@ fn check_report(p: &Problem, x: &[f64], r: &Report, strict_in: bool) -> Result<(
     }
 }
 
+/// CONTRACT §3's `clarke_gradient`: a convex combination (per block) of REALIZED pieces whose
+/// witnesses checked on the real program, reproducing `vector`; `distance` = ‖vector − v‖∞;
+/// 0 for IN with weights; and, when the exact hull LP was used (`nearest` or a complete
+/// enumeration), δ equals the ∞-norm hull LP over the realized pieces in R^n. It must be
+/// present whenever every block has a realized piece (or no switch is active).
+fn check_clarke(p: &Problem, x: &[f64], r: &Report) -> Result<(), String> {
+    let v = &r.gradient;
+    let nb = r.blocks.len();
+    let single = nb <= 1;
+    let realized = |b: usize| {
+        r.pieces
+            .iter()
+            .filter(|pc| pc.status == Status::Realized && pc.block == b)
+            .count()
+    };
+    let smooth = r.active.iter().all(|a| a.status != "active");
+    let expected = smooth || (nb > 0 && (0..nb).all(|b| realized(b) > 0));
+    let Some(c) = &r.clarke_gradient else {
+        return if expected && r.active.iter().all(|a| a.status != "near") {
+            Err("no clarke_gradient although realized pieces are known".into())
+        } else {
+            Ok(())
+        };
+    };
+    if c.weights.len() != c.pieces.len() || c.vector.len() != v.len() || c.norm != "inf" {
+        return Err(format!("malformed clarke_gradient {c:?}"));
+    }
+    let d = max_abs(
+        &c.vector
+            .iter()
+            .zip(v)
+            .map(|(a, b)| a - b)
+            .collect::<Vec<_>>(),
+    );
+    if d != c.distance {
+        return Err(format!(
+            "clarke distance {} but ‖vector − v‖∞ = {d}",
+            c.distance
+        ));
+    }
+    let gmax = r
+        .pieces
+        .iter()
+        .filter_map(|pc| pc.gradient.as_deref().map(max_abs))
+        .fold(max_abs(v), f64::max)
+        .max(1.0);
+    if c.pieces.is_empty() {
+        // no active switch: the gradient itself
+        if !r.blocks.is_empty() {
+            return Err("clarke_gradient without pieces".into());
+        }
+        let g = g0(p, x);
+        let e = max_abs(
+            &g.iter()
+                .zip(&c.vector)
+                .map(|(a, b)| a - b)
+                .collect::<Vec<_>>(),
+        );
+        return if e <= 1e-9 * gmax || (r.verdict == Verdict::In && c.distance == 0.0) {
+            Ok(())
+        } else {
+            Err(format!(
+                "clarke vector {:?} is not the gradient {g:?}",
+                c.vector
+            ))
+        };
+    }
+    let mut sums = vec![0.0; nb.max(1)];
+    let mut acc = if single { vec![0.0; v.len()] } else { g0(p, x) };
+    for (&w, &k) in c.weights.iter().zip(&c.pieces) {
+        let pc = r
+            .pieces
+            .get(k)
+            .ok_or("clarke weight on a piece not listed")?;
+        if w.is_nan()
+            || w <= 0.0
+            || pc.status != Status::Realized
+            || pc.witness_checked != Some(true)
+        {
+            return Err(format!(
+                "clarke weight {w} on piece {k} ({:?}, witness {:?})",
+                pc.status, pc.witness_checked
+            ));
+        }
+        sums[pc.block] += w;
+        let g = pc.gradient.as_ref().ok_or("piece without gradient")?;
+        for (a, b) in acc.iter_mut().zip(g) {
+            *a += w * b;
+        }
+    }
+    if sums.iter().any(|s| (s - 1.0).abs() > 1e-9) {
+        return Err(format!("clarke weights sum to {sums:?} per block"));
+    }
+    let err = max_abs(
+        &acc.iter()
+            .zip(&c.vector)
+            .map(|(a, b)| a - b)
+            .collect::<Vec<_>>(),
+    );
+    if err > 1e-9 * gmax {
+        return Err(format!("clarke weights give {acc:?}, not {:?}", c.vector));
+    }
+    if r.verdict == Verdict::In && c.distance != 0.0 && r.certificate.is_some() {
+        return Err(format!("verdict IN but clarke distance {}", c.distance));
+    }
+    if r.verdict == Verdict::Out && c.distance == 0.0 {
+        return Err("verdict OUT but clarke distance 0".into());
+    }
+    if c.distance > 0.0 {
+        // the hull LP over all realized pieces in R^n (the Minkowski sum over blocks)
+        let groups: Vec<Vec<Vec<f64>>> = (0..nb)
+            .map(|b| {
+                r.pieces
+                    .iter()
+                    .filter(|pc| pc.status == Status::Realized && pc.block == b)
+                    .map(|pc| pc.gradient.clone().unwrap())
+                    .collect()
+            })
+            .collect();
+        let target: Vec<f64> = if single {
+            v.clone()
+        } else {
+            v.iter().zip(g0(p, x)).map(|(a, b)| a - b).collect()
+        };
+        let h = lp::hull_distance_groups(&groups, &target).unwrap();
+        let tol = 1e-9 * gmax;
+        // the full LP gives the nearest point of the listed realized pieces; the reduced
+        // ones a point no nearer
+        let bad = match c.hull {
+            "full" => (c.distance - h.delta).abs() > tol,
+            "reduced" => c.distance < h.delta - tol || c.nearest,
+            _ => true,
+        };
+        if bad {
+            return Err(format!(
+                "clarke distance {} but the hull LP gives {}",
+                c.distance, h.delta
+            ));
+        }
+    }
+    Ok(())
+}
+
 // ---------------------------------------------------------------------------------------------
 // Brute-force oracle for abs-affine programs
 // ---------------------------------------------------------------------------------------------
@@ -788,25 +934,39 @@ fn oracle_gradients(
             .copied()
             .filter(|&i| z[i].abs() < Z_TINY)
             .collect();
-        let sweep = |t: f64| {
+        // signs of the tiny switches: bit j of `mask` gives the sign of tiny[j]
+        let sweep = |mask: u64| {
             let rules: Vec<AbsRule> = z
                 .iter()
                 .enumerate()
-                .map(|(i, v)| AbsRule::Factor(if tiny.contains(&i) { t } else { v.signum() }))
+                .map(|(i, v)| {
+                    AbsRule::Factor(match tiny.iter().position(|&t| t == i) {
+                        Some(j) if mask >> j & 1 == 1 => 1.0,
+                        Some(_) => -1.0,
+                        None => v.signum(),
+                    })
+                })
                 .collect();
             ReverseSweeper::new(g, &ev)
                 .sweep(Seed::Output, &rules)
                 .unwrap()
                 .grad
         };
-        let grad = sweep(1.0);
-        // a switch that is (numerically) zero at the sample: either identically zero near x̂
-        // (then its sign cannot matter) or a boundary hit (skip unless both sides agree)
-        if !tiny.is_empty() {
-            let other = sweep(-1.0);
-            if other.iter().zip(&grad).any(|(a, b)| (a - b).abs() > 1e-12) {
-                continue;
-            }
+        let grad = sweep(0);
+        // A switch that is (numerically) zero at the sample: either identically zero near x̂
+        // (then its sign cannot matter) or a boundary hit. Keep the sample only if EVERY sign
+        // combination of the tiny switches gives the same gradient. (Comparing only all-+
+        // with all-− accepted false pieces when those two agreed by coincidence: see
+        // `regression_oracle_coincident_sweeps`.)
+        if tiny.len() > 10 {
+            continue;
+        }
+        let agree = (1..1u64 << tiny.len()).all(|mask| {
+            let other = sweep(mask);
+            other.iter().zip(&grad).all(|(a, b)| (a - b).abs() <= 1e-12)
+        });
+        if !agree {
+            continue;
         }
         if !grads
             .iter()
@@ -1003,12 +1163,9 @@ fn oracle_case(case: &Case, seed: u64, strict: bool) -> Result<Tally, String> {
 // Properties
 // ---------------------------------------------------------------------------------------------
 
-fn config(cases: u32) -> ProptestConfig {
-    ProptestConfig {
-        cases,
-        failure_persistence: None,
-        ..ProptestConfig::default()
-    }
+/// A fixed seed per block and failures persisted (issue 13): every run draws the same cases.
+fn config(cases: u32, seed: u64) -> ProptestConfig {
+    common::proptest_config(cases, seed, "proptest-regressions/checker_props.txt")
 }
 
 /// `check`, with the reduced-space diagnosis appended to a failure.
@@ -1020,7 +1177,7 @@ fn with_diagnosis(p: &Problem, x: &[f64], check: Result<(), String>) -> Result<(
 }
 
 proptest! {
-    #![proptest_config(config(160))]
+    #![proptest_config(config(160, 0x6b63_0001))]
 
     /// (1) A guaranteed IN is never anything but IN, and the certificates hold, for abs-affine
     /// and smooth-nonlinear programs, under every convention.
@@ -1065,7 +1222,7 @@ proptest! {
 }
 
 proptest! {
-    #![proptest_config(config(100))]
+    #![proptest_config(config(100, 0x6b63_0002))]
 
     /// (2) For abs-affine programs the verdict equals the brute-force oracle, on the AD
     /// vectors of all conventions and on explicit vectors (with certificates checked).
@@ -1689,4 +1846,635 @@ fn generator_reaches_kinks() {
     }
     assert!(hist[0] < 150, "{hist:?}");
     assert!(hist[5] + hist[6] >= 30, "{hist:?}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Budgets (THEORY §6.7), exercised through counts, never through wall time (issue 13)
+// ---------------------------------------------------------------------------------------------
+
+fn verify_with_budget(
+    p: &Problem,
+    x: &[f64],
+    v: Option<&[f64]>,
+    pieces: usize,
+    lps: usize,
+) -> Report {
+    let mut o = common::verify_options(Convention::pytorch());
+    o.gradient = v.map(|v| v.to_vec());
+    o.check.max_pieces = pieces;
+    o.check.max_lps = lps;
+    kinkcheck::verify(p, x, &o).unwrap()
+}
+
+/// OUT needs a complete enumeration: with the LP budget exhausted the refutation of E5's
+/// pytorch vector becomes UNDECIDED, and the reason names the budget.
+#[test]
+fn lp_budget_gives_undecided_with_the_budget_named() {
+    let p = kinkcheck::compile("vars x\nf = relu(x) - relu(-x)").unwrap();
+    let r = verify_with_budget(&p, &[0.0], None, 4096, 1);
+    assert_eq!(r.verdict, Verdict::Undecided, "{}", r.reason);
+    assert!(r.reason.contains("LP budget (1) reached"), "{}", r.reason);
+    assert!(!r.complete);
+    check_report(&p, &[0.0], &r, true).unwrap();
+    // the same with the default budgets: OUT
+    let r = verify_with_budget(&p, &[0.0], None, 4096, 20_000);
+    assert_eq!(r.verdict, Verdict::Out, "{}", r.reason);
+}
+
+/// A piece budget cut short: a vector already in the hull of the pieces found is IN, any
+/// other one is UNDECIDED with the budget named (never OUT).
+#[test]
+fn piece_budget_keeps_in_and_never_refutes() {
+    let p = kinkcheck::compile("vars x1, x2\nf = abs(x1) + abs(x2)").unwrap();
+    let x = [0.0, 0.0];
+    let first = verify_with_budget(&p, &x, Some(&[0.5, 0.25]), 1, 20_000);
+    assert_eq!(first.verdict, Verdict::Undecided, "{}", first.reason);
+    assert!(
+        first.reason.contains("piece budget (1) reached"),
+        "{}",
+        first.reason
+    );
+    let found: Vec<&kinkcheck::report::PieceReport> = first
+        .pieces
+        .iter()
+        .filter(|pc| pc.status == Status::Realized)
+        .collect();
+    assert_eq!(found.len(), 1, "{:?}", first.pieces);
+    let g = found[0].gradient.clone().unwrap();
+    let r = verify_with_budget(&p, &x, Some(&g), 1, 20_000);
+    assert_eq!(r.verdict, Verdict::In, "{g:?}: {}", r.reason);
+    check_report(&p, &x, &r, true).unwrap();
+    // far outside: still not OUT while the enumeration is incomplete
+    let r = verify_with_budget(&p, &x, Some(&[5.0, 5.0]), 1, 20_000);
+    assert_eq!(r.verdict, Verdict::Undecided, "{}", r.reason);
+    assert!(r.reason.contains("budget"), "{}", r.reason);
+}
+
+/// Regression (issue 13), found by `verdict_matches_brute_force_oracle` under a random seed:
+/// the ORACLE was wrong, not the checker. f = h(x1) + max(x2, 2x2) with
+/// h = −max(½u + x1, ½x1, −3u) + clamp(|x1|, 0, 1), u = max(−3x1, ½x1), so
+/// ∂^C f(0) = [−½, −¼] × [1, 2] and tensorflow's AD vector (½, 1) is OUT (direction (1, 0),
+/// bound −¼), as kinkcheck said. The oracle sampled the axis direction e2, on which all five
+/// x1-switches are exactly 0, and kept the gradient because the all-+ and all-− sign choices
+/// of those switches happened to agree ((½, 1) both times) although mixed choices do not;
+/// that false "piece" put (½, 1) in its hull. The oracle now requires every sign combination
+/// of the tiny switches to agree.
+#[test]
+fn regression_oracle_coincident_sweeps() {
+    let src = "vars x1, x2\nu1 = max(x2, x2 + x2)\nu2 = max((-1)*(x1) + (-2)*(x1), 0.5*(x1))\nf = (-1)*(max(0.5*(u2) + x1, 0.5*(x1), (-1)*(u2) + (-2)*(u2))) + 1*(u1) + 1*(clamp(abs(x1), 0, 1))\n";
+    let p = kinkcheck::compile(src).unwrap();
+    let x = [0.0, 0.0];
+    let r = verify_conv(&p, &x, &Convention::tensorflow());
+    assert_eq!(r.gradient, vec![0.5, 1.0]);
+    assert_eq!(r.verdict, Verdict::Out, "{}", r.reason);
+    assert_separation(&r, &[1.0, 0.0], -0.25, "tensorflow");
+    check_report(&p, &x, &r, true).unwrap();
+    // the oracle agrees now, on this vector and on the corners of the true Clarke set
+    let grads = oracle_gradients(&p, &x, &[], 2000, 0);
+    assert_eq!(oracle_says(&grads, &[0.5, 1.0]), Oracle::Out);
+    for (v, want) in [
+        ([-0.5, 1.0], Verdict::In),
+        ([-0.25, 2.0], Verdict::In),
+        ([-0.375, 1.5], Verdict::In),
+        ([0.0, 1.5], Verdict::Out),
+        ([-0.375, 2.5], Verdict::Out),
+    ] {
+        let o = if want == Verdict::In {
+            Oracle::In
+        } else {
+            Oracle::Out
+        };
+        assert_eq!(oracle_says(&grads, &v), o, "oracle on {v:?}");
+        let r = verify_vec(&p, &x, &v);
+        assert_eq!(r.verdict, want, "{v:?}: {}", r.reason);
+        check_report(&p, &x, &r, true).unwrap();
+    }
+    assert!(oracle_case(
+        &Case {
+            src: src.into(),
+            x: x.to_vec(),
+            active: 6
+        },
+        0,
+        false
+    )
+    .is_ok());
+}
+
+// ---------------------------------------------------------------------------------------------
+// Mixed programs: a non-affine switch beside abs-affine ones (issue 10, THEORY §6.2)
+// ---------------------------------------------------------------------------------------------
+
+/// A program over x1..x4 at a small integer point in which non-affine switches (through sin,
+/// tanh or a product) sit beside abs-affine ones that are opposite, parallel, sums of others or
+/// nested, all exactly on their kinks. Every affine form vanishes at the point exactly.
+fn mixed_case(rng: &mut StdRng) -> Case {
+    let n = 4;
+    let x: Vec<f64> = (0..n)
+        .map(|_| [0.0, 1.0, -1.0, 2.0][rng.gen_range(0..4)])
+        .collect();
+    let dx: Vec<String> = (0..n)
+        .map(|i| match x[i] {
+            0.0 => format!("x{}", i + 1),
+            v if v > 0.0 => format!("(x{} - {v})", i + 1),
+            v => format!("(x{} + {})", i + 1, -v),
+        })
+        .collect();
+    // an affine form vanishing at the point, over one to three variables
+    let lin = |rng: &mut StdRng| {
+        let k = rng.gen_range(1..=3);
+        let mut t = Vec::new();
+        for _ in 0..k {
+            let c = COEFS[rng.gen_range(0..COEFS.len())];
+            t.push(format!("{}*{}", num(c), dx[rng.gen_range(0..n)]));
+        }
+        format!("({})", t.join(" + "))
+    };
+    let mut forms: Vec<String> = (0..3).map(|_| lin(rng)).collect();
+    let pick = |rng: &mut StdRng, forms: &mut Vec<String>| {
+        if rng.gen_range(0..3) == 0 {
+            let l = lin(rng);
+            forms.push(l.clone());
+            l
+        } else {
+            forms[rng.gen_range(0..forms.len())].clone()
+        }
+    };
+    let mut terms = Vec::new();
+    let mut active = 0;
+    // the non-affine switch(es) first or last: the prefix search sees both orders
+    let nonaffine = |rng: &mut StdRng, a: &str, b: &str, c: &str| match rng.gen_range(0..4) {
+        0 => format!("max({a} + 0.5, {b} + sin({c}) + 0.5)"),
+        1 => format!(
+            "relu({a} + {}*{})",
+            dx[rng.gen_range(0..n)],
+            dx[rng.gen_range(0..n)]
+        ),
+        2 => format!("abs(tanh({a}) + {b})"),
+        _ => format!("relu(sin({a}) + 2*abs({b}))"),
+    };
+    let first = rng.gen_range(0..2) == 0;
+    let pieces = rng.gen_range(2..=4);
+    let mut affine_terms = Vec::new();
+    for _ in 0..pieces {
+        let l = pick(rng, &mut forms);
+        let t = match rng.gen_range(0..6) {
+            // opposite pair
+            0 => {
+                active += 2;
+                format!("relu({l}) + {}*abs(-{l})", num(COEFS[rng.gen_range(0..6)]))
+            }
+            // parallel rows
+            1 => {
+                active += 2;
+                format!("abs({l}) - relu(2*{l})")
+            }
+            // a sum of two forms beside its summands
+            2 => {
+                let m = pick(rng, &mut forms);
+                active += 3;
+                format!("relu({l}) + abs({m}) - 0.5*abs({l} + {m})")
+            }
+            // nested
+            3 => {
+                let m = pick(rng, &mut forms);
+                active += 2;
+                format!("abs({l} + {}*relu({m}))", num(COEFS[rng.gen_range(0..6)]))
+            }
+            4 => {
+                active += 1;
+                format!("relu(-{l})")
+            }
+            _ => {
+                active += 1;
+                format!("max({l}, 0.5*{l})")
+            }
+        };
+        affine_terms.push(format!("{}*({t})", num(COEFS[rng.gen_range(0..6)])));
+    }
+    let (a, b, c) = (
+        pick(rng, &mut forms),
+        pick(rng, &mut forms),
+        pick(rng, &mut forms),
+    );
+    let nl = nonaffine(rng, &a, &b, &c);
+    active += if nl.starts_with("relu(sin") { 2 } else { 1 };
+    if first {
+        terms.push(nl);
+        terms.extend(affine_terms);
+    } else {
+        terms.extend(affine_terms);
+        terms.push(nl);
+    }
+    let names: Vec<String> = (1..=n).map(|i| format!("x{i}")).collect();
+    Case {
+        src: format!("vars {}\nf = {}\n", names.join(", "), terms.join(" + ")),
+        x,
+        active,
+    }
+}
+
+/// Sign patterns of the exactly active switches seen at x̂ + εd (random directions, the axes
+/// and `extra`), skipping samples where one of them is tiny; with the first-order piece
+/// gradient g(σ) of each (THEORY §4), which is exact at x̂ even where f is not PL.
+fn observed_patterns(
+    p: &Problem,
+    x: &[f64],
+    extra: &[Vec<f64>],
+    samples: usize,
+    seed: u64,
+) -> Vec<(Vec<f64>, Vec<f64>)> {
+    let g = &p.graph;
+    let n = x.len();
+    let data = active_data(p, x);
+    let mut rng = StdRng::seed_from_u64(seed);
+    let mut dirs: Vec<Vec<f64>> = extra.to_vec();
+    for j in 0..n {
+        for s in [1.0, -1.0] {
+            let mut d = vec![0.0; n];
+            d[j] = s;
+            dirs.push(d);
+        }
+    }
+    while dirs.len() < samples + 2 * n + extra.len() {
+        dirs.push((0..n).map(|_| rng.gen_range(-1.0..1.0)).collect());
+    }
+    let mut out: Vec<(Vec<f64>, Vec<f64>)> = Vec::new();
+    for d in &dirs {
+        let r = max_abs(d);
+        if r == 0.0 {
+            continue;
+        }
+        let xp: Vec<f64> = x.iter().zip(d).map(|(a, b)| a + EPS * b / r).collect();
+        let z = eval::evaluate(g, &xp).unwrap().switches(g);
+        let zs: Vec<f64> = data.active.iter().map(|s| z[s.0]).collect();
+        if zs.iter().any(|v| v.abs() < Z_TINY) {
+            continue;
+        }
+        let sigma: Vec<f64> = zs.iter().map(|v| v.signum()).collect();
+        if !out.iter().any(|(s, _)| *s == sigma) {
+            let gr = data.ad(&sigma);
+            out.push((sigma, gr));
+        }
+    }
+    out
+}
+
+/// What the mixed-program comparison counted.
+#[derive(Debug, Default, Clone, Copy)]
+struct MixedTally {
+    reports: usize,
+    undecided_verdicts: usize,
+    undecided_pieces: usize,
+    unrealized_pieces: usize,
+    lps: usize,
+}
+
+/// Verify the AD vectors of all conventions and a few explicit vectors on one mixed program,
+/// checking: certificates and realized witnesses (`check_report`); no observed pattern is
+/// listed UNREALIZED; an OUT vector is not in the hull of the observed pieces.
+fn mixed_compare(case: &Case, seed: u64, affine_subsystem: bool) -> Result<MixedTally, String> {
+    let p = kinkcheck::compile(&case.src).map_err(|e| format!("{}: {e}", case.src))?;
+    let x = &case.x;
+    let n = x.len();
+    let opts = |c: Convention, v: Option<Vec<f64>>| {
+        let mut o = common::verify_options(c);
+        o.gradient = v;
+        o.check.abs_affine_subsystem = affine_subsystem;
+        o
+    };
+    let mut rng = StdRng::seed_from_u64(seed);
+    let mut reports: Vec<Report> = conventions(rng.gen_range(-1.0..1.0))
+        .into_iter()
+        .map(|c| kinkcheck::verify(&p, x, &opts(c, None)).unwrap())
+        .collect();
+    let extra: Vec<Vec<f64>> = reports
+        .iter()
+        .flat_map(|r| r.pieces.iter().filter_map(|pc| pc.witness.clone()))
+        .collect();
+    let seen = observed_patterns(&p, x, &extra, 1500, seed);
+    let grads: Vec<Vec<f64>> = seen.iter().map(|(_, g)| g.clone()).collect();
+    for k in 0..3 {
+        let a = &grads[rng.gen_range(0..grads.len())];
+        let b = &grads[rng.gen_range(0..grads.len())];
+        let v: Vec<f64> = match k {
+            0 => a.iter().zip(b).map(|(p, q)| 0.5 * (p + q)).collect(),
+            _ => (0..n).map(|j| a[j] + rng.gen_range(-1.0..1.0)).collect(),
+        };
+        let mut o = opts(Convention::pytorch(), Some(v));
+        o.check.abs_affine_subsystem = affine_subsystem;
+        reports.push(kinkcheck::verify(&p, x, &o).unwrap());
+    }
+    let data = active_data(&p, x);
+    let mut t = MixedTally::default();
+    for r in &reports {
+        let what = || format!("{}at {:?}, {} {:?}", case.src, x, r.convention, r.gradient);
+        check_report(&p, x, r, true).map_err(|e| format!("{}: certificate: {e}", what()))?;
+        t.reports += 1;
+        t.lps += r.lps;
+        if r.verdict == Verdict::Undecided {
+            t.undecided_verdicts += 1;
+        }
+        // α position of each reported active switch
+        let pos: Vec<Option<usize>> = r
+            .active
+            .iter()
+            .map(|a| data.active.iter().position(|s| s.0 == a.switch))
+            .collect();
+        for pc in &r.pieces {
+            match pc.status {
+                Status::Undecided => t.undecided_pieces += 1,
+                Status::Unrealized => {
+                    t.unrealized_pieces += 1;
+                    for (sigma, _) in &seen {
+                        let matches =
+                            pc.signs.iter().zip(&pos).all(|(&s, q)| {
+                                s == 0 || q.is_some_and(|q| sigma[q] == f64::from(s))
+                            });
+                        if matches {
+                            return Err(format!(
+                                "{}: piece {:?} listed unrealized, but pattern {sigma:?} was seen near x̂",
+                                what(),
+                                pc.signs
+                            ));
+                        }
+                    }
+                }
+                Status::Realized => {}
+            }
+        }
+        if r.verdict == Verdict::Out {
+            let scale = grads
+                .iter()
+                .map(|g| max_abs(g))
+                .fold(max_abs(&r.gradient), f64::max)
+                .max(1.0);
+            let d = lp::hull_distance(&grads, &r.gradient).unwrap().delta;
+            if d <= 1e-9 * scale {
+                return Err(format!(
+                    "{}: OUT ({}), but the vector is a combination of observed pieces",
+                    what(),
+                    r.reason
+                ));
+            }
+        }
+    }
+    Ok(t)
+}
+
+fn mixed_census(cases: u64, affine_subsystem: bool) -> MixedTally {
+    let mut rng = StdRng::seed_from_u64(0x6b63_1010);
+    let mut total = MixedTally::default();
+    let mut failures = Vec::new();
+    for i in 0..cases {
+        let case = mixed_case(&mut rng);
+        match mixed_compare(&case, i, affine_subsystem) {
+            Ok(t) => {
+                total.reports += t.reports;
+                total.undecided_verdicts += t.undecided_verdicts;
+                total.undecided_pieces += t.undecided_pieces;
+                total.unrealized_pieces += t.unrealized_pieces;
+                total.lps += t.lps;
+            }
+            Err(e) => failures.push(e),
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} failures (abs-affine sub-system {affine_subsystem}), first:\n{}",
+        failures.len(),
+        failures[0]
+    );
+    total
+}
+
+/// Issue 10: on programs with a non-affine switch beside abs-affine ones, no pattern the
+/// checker calls UNREALIZED is ever seen near x̂, OUT vectors are outside the hull of the
+/// pieces seen, and certificates hold, with and without the abs-affine sub-system test of
+/// THEORY §6.2. Prints the UNDECIDED counts of both (the test's own corpus) and requires the
+/// sub-system test to decide strictly more.
+#[test]
+fn mixed_programs_abs_affine_subsystem() {
+    let cases = std::env::var("KC_MIXED_CASES")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(60);
+    let before = mixed_census(cases, false);
+    let after = mixed_census(cases, true);
+    eprintln!("mixed programs ({cases}), without the abs-affine sub-system: {before:?}");
+    eprintln!("mixed programs ({cases}), with the abs-affine sub-system:    {after:?}");
+    assert_eq!(before.reports, after.reports);
+    assert!(
+        after.undecided_verdicts <= before.undecided_verdicts,
+        "{before:?} {after:?}"
+    );
+    assert!(
+        after.undecided_pieces < before.undecided_pieces,
+        "{before:?} {after:?}"
+    );
+}
+
+/// Issue 10's example: switches #1 (relu(2x4 − 1)) and #2 (|−2x4 + 1|) are abs-affine and
+/// exactly opposite, so every pattern giving them the same sign is UNREALIZED, although #0
+/// (a max with a sin term) is not abs-affine; sigma=−1's AD vector is then refuted.
+#[test]
+fn issue10_example_is_out() {
+    let src = "vars x1, x2, x3, x4\na1 = max(-x1 + 3*x4 - 1.5, -1.5*x1 - sin(0.5*x4 - 0.25) + 3*x2 + 5)\na2 = relu(2*x4 - 1)\na3 = abs(-2*x4 + 1)\nf = a1 + 0.5*a2 - 0.5*a3";
+    let p = kinkcheck::compile(src).unwrap();
+    let x = [-2.0, -2.0, 1.5, 0.5];
+    let r = verify_conv(&p, &x, &Convention::parse("sigma=-1").unwrap());
+    assert_eq!(r.gradient, vec![-1.5, 3.0, 0.0, -1.5]);
+    assert_eq!(r.verdict, Verdict::Out, "{}", r.reason);
+    check_report(&p, &x, &r, true).unwrap();
+    for pc in &r.pieces {
+        let same = pc.signs[1] == pc.signs[2];
+        let want = if same {
+            Status::Unrealized
+        } else {
+            Status::Realized
+        };
+        assert_eq!(pc.status, want, "{:?}", pc.signs);
+    }
+    assert_eq!(r.pieces.len(), 8);
+    // without the sub-system test: UNDECIDED (the earlier behaviour)
+    let mut o = common::verify_options(Convention::parse("sigma=-1").unwrap());
+    o.check.abs_affine_subsystem = false;
+    let r = kinkcheck::verify(&p, &x, &o).unwrap();
+    assert_eq!(r.verdict, Verdict::Undecided, "{}", r.reason);
+}
+
+// ---------------------------------------------------------------------------------------------
+// The repair: clarke_gradient (CONTRACT §3, issue 10)
+// ---------------------------------------------------------------------------------------------
+
+fn clarke(r: &Report) -> (Vec<f64>, f64, bool) {
+    let c = r.clarke_gradient.as_ref().expect("a clarke_gradient");
+    (c.vector.clone(), c.distance, c.nearest)
+}
+
+#[test]
+fn clarke_gradient_named_examples() {
+    // E5 under pytorch: AD gives 0, the Clarke set is {1}
+    let e5 = kinkcheck::compile("vars x\nf = relu(x) - relu(-x)").unwrap();
+    let r = verify_conv(&e5, &[0.0], &Convention::pytorch());
+    assert_eq!(r.verdict, OUT);
+    assert_eq!(clarke(&r), (vec![1.0], 1.0, true));
+    check_report(&e5, &[0.0], &r, true).unwrap();
+    // sigma=0 is IN: the vector itself, distance 0, weights from the certificate
+    let r = verify_conv(&e5, &[0.0], &Convention::parse("sigma=0").unwrap());
+    assert_eq!(r.verdict, IN);
+    assert_eq!(clarke(&r), (vec![1.0], 0.0, true));
+    match (&r.certificate, &r.clarke_gradient) {
+        (Some(CertificateReport::Weights { weights, pieces }), Some(c)) => {
+            assert_eq!((weights, pieces), (&c.weights, &c.pieces));
+        }
+        other => panic!("{other:?}"),
+    }
+    // E6 |x| − |x| with --gradient 1: {0}, distance 1
+    let e6 = kinkcheck::compile("vars x\nf = abs(x) - abs(x)").unwrap();
+    let r = verify_vec(&e6, &[0.0], &[1.0]);
+    assert_eq!(r.verdict, OUT);
+    assert_eq!(clarke(&r), (vec![0.0], 1.0, true));
+    // E13 (the network fixture) with the per-sample choices (1,1,0,0) and (−1,−1,0,0): the
+    // Clarke set is {0}, at ∞-distance 1
+    let net = kinkcheck::frontend::network::Network::from_json(
+        &std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/fixtures/networks/e13.json"
+        ))
+        .unwrap(),
+    )
+    .unwrap();
+    let p = net.problem(None, None, None).unwrap();
+    let th = p.point.clone().unwrap();
+    for v in [[1.0, 1.0, 0.0, 0.0], [-1.0, -1.0, 0.0, 0.0]] {
+        let r = verify_vec(&p, &th, &v);
+        assert_eq!(r.verdict, OUT, "{v:?}");
+        let (g, d, nearest) = clarke(&r);
+        assert!(
+            max_abs(&g) <= 1e-12 && (d - 1.0).abs() <= 1e-12 && nearest,
+            "{v:?}: {g:?} {d}"
+        );
+        check_report(&p, &th, &r, true).unwrap();
+    }
+    // a vector off the active row space (OUT before any enumeration) still gets one:
+    // E9 |x1| + |x2| has row space R², so take |x1| alone in two variables
+    let p = kinkcheck::compile("vars x1, x2\nf = abs(x1) + 3*x2").unwrap();
+    let r = verify_vec(&p, &[0.0, 0.0], &[2.0, 1.0]);
+    assert_eq!(r.verdict, OUT, "{}", r.reason);
+    assert!(r.reason.contains("row space"), "{}", r.reason);
+    let (g, d, nearest) = clarke(&r);
+    assert_eq!((g, d, nearest), (vec![1.0, 3.0], 2.0, true));
+    check_report(&p, &[0.0, 0.0], &r, true).unwrap();
+    // a smooth point: the gradient itself
+    let r = verify_vec(&p, &[1.0, 0.0], &[0.0, 0.0]);
+    assert_eq!(r.verdict, OUT);
+    assert_eq!(clarke(&r), (vec![1.0, 3.0], 3.0, true));
+}
+
+/// Blocks (THEORY §6.4): the ∞-nearest point of the Minkowski sum of the blocks' hulls.
+/// f = Σ_i (relu(x_i) − relu(−x_i)) + |y| over 7 pairs and one abs: ∂^C = {1}⁷ × [−1, 1]; the
+/// vector (0,…,0, 3) is at ∞-distance 2 from the point (1,…,1, 1).
+#[test]
+fn clarke_gradient_over_blocks() {
+    let n = 7;
+    let vars: Vec<String> = (1..=n).map(|i| format!("x{i}")).collect();
+    let terms: Vec<String> = vars
+        .iter()
+        .map(|v| format!("relu({v}) - relu(-{v})"))
+        .collect();
+    let src = format!(
+        "vars {}, y\nf = {} + abs(y)",
+        vars.join(", "),
+        terms.join(" + ")
+    );
+    let p = kinkcheck::compile(&src).unwrap();
+    let x = vec![0.0; n + 1];
+    let mut v = vec![0.0; n + 1];
+    v[n] = 3.0;
+    let r = verify_vec(&p, &x, &v);
+    assert!(r.blocks.len() > 1, "{:?}", r.blocks);
+    assert_eq!(r.verdict, OUT);
+    let (g, d, nearest) = clarke(&r);
+    let mut want = vec![1.0; n + 1];
+    want[n] = 1.0;
+    assert!(
+        g.iter().zip(&want).all(|(a, b)| (a - b).abs() <= 1e-9),
+        "{g:?}"
+    );
+    assert!((d - 2.0).abs() <= 1e-9 && nearest, "{d}");
+    check_report(&p, &x, &r, true).unwrap();
+}
+
+/// The analyzer guarantees IN with many switches and no enumeration: with `repair` the first
+/// realized piece of each block is found, so a (not necessarily nearest) Clarke gradient is
+/// still offered, with its true distance; without it there is none (no realized piece known).
+#[test]
+fn clarke_gradient_after_a_guarantee_without_enumeration() {
+    let n = 14;
+    let vars: Vec<String> = (1..=n).map(|i| format!("x{i}")).collect();
+    let terms: Vec<String> = vars.iter().map(|v| format!("abs({v})")).collect();
+    let src = format!("vars {}\nf = {}", vars.join(", "), terms.join(" + "));
+    let p = kinkcheck::compile(&src).unwrap();
+    let x = vec![0.0; n];
+    let r = verify_conv(&p, &x, &Convention::pytorch());
+    assert!(r.analyzer.guaranteed && r.verdict == IN, "{}", r.reason);
+    assert!(r.pieces.is_empty() && r.clarke_gradient.is_none());
+    let mut o = common::verify_options(Convention::pytorch());
+    o.repair = kinkcheck::report::Repair::Always;
+    let r = kinkcheck::verify(&p, &x, &o).unwrap();
+    assert_eq!(r.verdict, IN);
+    let c = r
+        .clarke_gradient
+        .clone()
+        .expect("a clarke_gradient with repair");
+    assert!(c.vector.iter().all(|g| g.abs() == 1.0), "{:?}", c.vector);
+    assert_eq!((c.distance, c.nearest), (1.0, false));
+    check_report(&p, &x, &r, false).unwrap();
+}
+
+/// With n > 10 000 the JSON leaves the vector out (the CLI's `--write-gradient` writes it);
+/// weights, pieces and distance stay, and the library keeps the full vector.
+#[test]
+fn clarke_gradient_vector_not_inline_for_large_n() {
+    let n = 10_001;
+    let vars: Vec<String> = (1..=n).map(|i| format!("x{i}")).collect();
+    let src = format!("vars {}\nf = relu(x1) - relu(-x1) + 2*x2", vars.join(", "));
+    let p = kinkcheck::compile(&src).unwrap();
+    let r = verify_conv(&p, &vec![0.0; n], &Convention::pytorch());
+    assert_eq!(r.verdict, OUT);
+    let c = r.clarke_gradient.as_ref().unwrap();
+    assert_eq!(c.vector.len(), n);
+    assert_eq!((c.vector[0], c.vector[1], c.distance), (1.0, 2.0, 1.0));
+    let j = serde_json::to_value(&r).unwrap();
+    let cj = &j["clarke_gradient"];
+    assert!(cj.get("vector").is_none(), "{cj}");
+    assert_eq!(cj["distance"], 1.0);
+    assert_eq!(cj["weights"].as_array().unwrap().len(), c.weights.len());
+}
+
+/// A repair too large for the full LP in R^n (2000 variables reached by every switch × 64
+/// realized pieces): the reduced-space hull LP gives a Clarke gradient, not proven nearest,
+/// with its true distance, no smaller than the full LP's optimum.
+#[test]
+fn clarke_gradient_reduced_fallback() {
+    let n = 2000;
+    let vars: Vec<String> = (1..=n).map(|i| format!("x{i}")).collect();
+    // s = 0.001·Σ x, built in chunks (the parser limits the nesting depth)
+    let mut lets = String::from("s0 = 0\n");
+    for (j, chunk) in vars.chunks(100).enumerate() {
+        lets.push_str(&format!("s{} = s{j} + {}\n", j + 1, chunk.join(" + ")));
+    }
+    let last = n / 100;
+    let terms: Vec<String> = (1..=6)
+        .map(|i| format!("relu(x{i} + 0.001*s{last}) - relu(-(x{i} + 0.001*s{last}))"))
+        .collect();
+    let src = format!("vars {}\n{lets}f = {}", vars.join(", "), terms.join(" + "));
+    let p = kinkcheck::compile(&src).unwrap();
+    let x = vec![0.0; n];
+    let r = verify_conv(&p, &x, &Convention::pytorch());
+    assert_eq!(r.verdict, OUT, "{}", r.reason);
+    let c = r.clarke_gradient.as_ref().unwrap();
+    assert_eq!((c.hull, c.nearest), ("reduced", false));
+    check_report(&p, &x, &r, true).unwrap();
 }

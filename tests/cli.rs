@@ -3,9 +3,19 @@
 use serde_json::Value;
 use std::process::{Command, Output};
 
+/// Run the binary; `verify` gets a generous `--timeout` so that no test depends on the speed
+/// of the machine (issue 13).
+fn with_timeout<'a>(args: &[&'a str]) -> Vec<&'a str> {
+    let mut a = args.to_vec();
+    if a.first() == Some(&"verify") && !a.contains(&"--timeout") {
+        a.extend(["--timeout", "3600"]);
+    }
+    a
+}
+
 fn run(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_kinkcheck"))
-        .args(args)
+        .args(with_timeout(args))
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .output()
         .expect("run kinkcheck")
@@ -219,4 +229,131 @@ fn bad_input_exits_2_with_one_line() {
     }
     let out = run(&["verify", "--expr", "vars x\nf = foo(x)", "--at", "0"]);
     assert!(String::from_utf8_lossy(&out.stderr).contains("2:5"));
+}
+
+/// Budgets through the command line (issue 13: by count, with the reason named; nothing here
+/// depends on the speed of the machine).
+#[test]
+fn budgets_by_count_name_the_reason() {
+    let out = run(&[
+        "verify",
+        "--expr",
+        "vars x; f = relu(x) - relu(-x)",
+        "--at",
+        "0",
+        "--max-lps",
+        "1",
+        "--json",
+    ]);
+    assert_eq!(out.status.code(), Some(3));
+    let v = json(&out);
+    assert_eq!(v["verdict"], "undecided");
+    assert!(
+        v["reason"]
+            .as_str()
+            .unwrap()
+            .contains("LP budget (1) reached"),
+        "{}",
+        v["reason"]
+    );
+    let out = run(&[
+        "verify",
+        "--expr",
+        "vars x1, x2; f = abs(x1) + abs(x2)",
+        "--at",
+        "0,0",
+        "--gradient",
+        "0.5,0.25",
+        "--max-pieces",
+        "1",
+    ]);
+    assert_eq!(out.status.code(), Some(3));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("piece budget (1) reached"));
+    for bad in ["0", "-1", "nan"] {
+        let out = run(&[
+            "verify",
+            "--expr",
+            "vars x; f = abs(x)",
+            "--at",
+            "0",
+            "--timeout",
+            bad,
+        ]);
+        assert_eq!(out.status.code(), Some(2), "--timeout {bad}");
+        assert!(out.stdout.is_empty());
+    }
+}
+
+/// `clarke_gradient` in the JSON report and `--write-gradient FILE` (CONTRACT §2–§3).
+#[test]
+fn clarke_gradient_json_and_write_gradient() {
+    let dir = std::env::temp_dir().join(format!("kinkcheck-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("g.json");
+    let f = file.to_str().unwrap();
+    let out = run(&[
+        "verify",
+        "--expr",
+        "vars x; f = relu(x) - relu(-x)",
+        "--at",
+        "0",
+        "--json",
+        "--write-gradient",
+        f,
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    let v = json(&out);
+    let c = &v["clarke_gradient"];
+    assert_eq!(c["vector"], serde_json::json!([1.0]));
+    assert_eq!(c["distance"], 1.0);
+    assert_eq!(c["norm"], "inf");
+    assert_eq!(c["nearest"], true);
+    let k = c["pieces"][0].as_u64().unwrap() as usize;
+    assert_eq!(v["pieces"][k]["status"], "realized");
+    assert_eq!(c["weights"], serde_json::json!([1.0]));
+    let written: Value = serde_json::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
+    assert_eq!(written, serde_json::json!([1.0]));
+    // human report: one line; IN writes the checked vector itself
+    let out = run(&[
+        "verify",
+        "fixtures/networks/e13.json",
+        "--gradient",
+        "1,1,0,0",
+        "--write-gradient",
+        f,
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        text.contains("clarke gradient: [0, 0, 0, 0] (∞-distance 1 from v, nearest)"),
+        "{text}"
+    );
+    let written: Vec<f64> = serde_json::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
+    assert_eq!(written, vec![0.0; 4]);
+    let out = run(&[
+        "verify",
+        "--expr",
+        "vars x; f = abs(x)",
+        "--at",
+        "0",
+        "--write-gradient",
+        f,
+    ]);
+    assert_eq!(out.status.code(), Some(0));
+    let written: Vec<f64> = serde_json::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
+    assert_eq!(written, vec![0.0]);
+    // an unwritable file is an input error, with nothing on stdout
+    let bad = dir.join("no/such/dir/g.json");
+    let out = run(&[
+        "verify",
+        "--expr",
+        "vars x; f = abs(x)",
+        "--at",
+        "0",
+        "--write-gradient",
+        bad.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(out.stdout.is_empty());
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -5,13 +5,14 @@
 //! without bias). Then `kinkcheck::verify` on a conv → relu → sum program with exact kinks,
 //! against a brute-force expectation.
 
+mod common;
+
 use kinkcheck::eval::{self, AbsRule, ReverseSweeper, Seed};
 use kinkcheck::frontend::Problem;
 use kinkcheck::graph::{ConvSpec, Graph, GraphError, NodeId, Origin, Role, SwitchId};
 use kinkcheck::report::Verdict;
-use kinkcheck::{lower, Convention, VerifyOptions};
+use kinkcheck::{lower, Convention};
 use proptest::prelude::*;
-use proptest::test_runner::{Config as ProptestConfig, RngSeed};
 
 /// A deterministic pseudo-random stream in [−1, 1).
 struct Lcg(u64);
@@ -252,17 +253,8 @@ fn dot(a: &[f64], b: &[f64]) -> f64 {
     a.iter().zip(b).map(|(x, y)| x * y).sum()
 }
 
-fn config(cases: u32, seed: u64) -> ProptestConfig {
-    ProptestConfig {
-        cases,
-        failure_persistence: None,
-        rng_seed: RngSeed::Fixed(seed),
-        ..ProptestConfig::default()
-    }
-}
-
 proptest! {
-    #![proptest_config(config(400, 0x5eed_c0de))]
+    #![proptest_config(common::proptest_config(400, 0x5eed_c0de, "proptest-regressions/conv.txt"))]
 
     /// Forward against the naive loop; tangent against central differences (exact up to
     /// rounding: the map is bilinear); adjoint (dense seed at the output, sparse seeds at
@@ -507,14 +499,14 @@ fn verify_conv_relu_linear_in_disguise() {
         .iter()
         .zip(&slope)
         .all(|(a, b)| (a - b).abs() < 1e-12));
-    let rt = kinkcheck::verify(&p, &xh, &VerifyOptions::new(Convention::pytorch())).unwrap();
+    let rt = kinkcheck::verify(&p, &xh, &common::verify_options(Convention::pytorch())).unwrap();
     assert_eq!(rt.active.len(), 8);
     assert_eq!(rt.gradient, vec![0.0; 9]);
     assert_eq!(rt.verdict, Verdict::Out);
     let rs = kinkcheck::verify(
         &p,
         &xh,
-        &VerifyOptions::new(Convention::sigma(0.0).unwrap()),
+        &common::verify_options(Convention::sigma(0.0).unwrap()),
     )
     .unwrap();
     assert!(rs
@@ -557,15 +549,49 @@ fn verify_conv_relu_independent_kinks() {
     let xh = vec![1.0, 1.0, 1.0, 0.0];
     let pieces = sampled_piece_gradients(&p, &xh, 400);
     assert_eq!(pieces.len(), 4, "{pieces:?}");
-    let rt = kinkcheck::verify(&p, &xh, &VerifyOptions::new(Convention::pytorch())).unwrap();
+    let rt = kinkcheck::verify(&p, &xh, &common::verify_options(Convention::pytorch())).unwrap();
     assert_eq!(rt.active.len(), 2);
     assert_eq!(rt.gradient, vec![0.0, 0.0, 1.0, -1.0]);
     assert!(pieces.iter().any(|q| q == &rt.gradient));
     assert_eq!(rt.verdict, Verdict::In);
     // (2, −1, 0, −1)? no: every piece has entries summing to 0 and last entry −1; this one
     // has x0-slope 2 > 1, outside the hull
-    let mut opts = VerifyOptions::new(Convention::pytorch());
+    let mut opts = common::verify_options(Convention::pytorch());
     opts.gradient = Some(vec![2.0, -2.0, 1.0, -1.0]);
     let ro = kinkcheck::verify(&p, &xh, &opts).unwrap();
     assert_eq!(ro.verdict, Verdict::Out);
+}
+
+/// The near-active band's scale of a conv output is Σ |w|·|x| + |b| over its window (the
+/// magnitudes of the terms), so a cancellation to a tiny nonzero is recognised as near a kink.
+#[test]
+fn conv_switch_scale_is_the_sum_of_term_magnitudes() {
+    let spec = ConvSpec {
+        in_channels: 1,
+        out_channels: 1,
+        in_spatial: vec![3],
+        kernel: vec![2],
+        strides: vec![1],
+        pads_begin: vec![0],
+        pads_end: vec![0],
+        dilations: vec![1],
+        group: 1,
+    };
+    let mut g = Graph::new(3);
+    let x = g.var(0, 3).unwrap();
+    let w = g.constant(vec![2.0, -1.0]).unwrap();
+    let b = g.constant(vec![-0.5]).unwrap();
+    let y = g.conv(x, w, Some(b), spec).unwrap();
+    let u = g.abs(y, Role::Abs, Origin::Internal);
+    let f = g.sum(u);
+    g.set_output(f).unwrap();
+    // y0 = 2·0.75 − 1.0 − 0.5 = 0 exactly; y1 = 2·1.0 − (1.5 + 1e-15) − 0.5 ≈ −1e-15
+    let ev = eval::evaluate(&g, &[0.75, 1.0, 1.5 + 1e-15]).unwrap();
+    let st = eval::switch_states(&g, &ev, 1e-12);
+    assert_eq!(st[0].z, 0.0);
+    assert_eq!(st[0].scale, 2.0 * 0.75 + 1.0 + 0.5);
+    assert_eq!(st[0].activity, eval::Activity::Active);
+    assert!((st[1].scale - (2.0 + 1.5 + 0.5)).abs() < 1e-12);
+    assert!(st[1].z != 0.0 && st[1].z.abs() < 1e-14);
+    assert_eq!(st[1].activity, eval::Activity::Near);
 }

@@ -1,9 +1,11 @@
 //! The fixture corpus: every file in `fixtures/programs/` is one case (program, point, AD
 //! vector per convention, and optionally the abs-normal matrices). This test discovers them all.
 
-use kinkcheck::{anf, eval, Convention, VerifyOptions};
+use kinkcheck::{anf, eval, Convention};
 use serde_json::Value;
 use std::path::PathBuf;
+
+mod common;
 
 fn vecf(v: &Value) -> Vec<f64> {
     v.as_array()
@@ -106,7 +108,7 @@ fn analyzer_outcomes_match_theory() {
         let name = path.file_name().unwrap().to_string_lossy().to_string();
         let p = kinkcheck::compile(case["program"].as_str().unwrap()).unwrap();
         for (conv, by) in want.as_object().unwrap() {
-            let opts = VerifyOptions::new(Convention::parse(conv).unwrap());
+            let opts = common::verify_options(Convention::parse(conv).unwrap());
             let r = kinkcheck::verify(&p, &vecf(&case["at"]), &opts).unwrap();
             let got = serde_json::to_value(&r.analyzer).unwrap();
             assert_eq!(
@@ -141,7 +143,7 @@ fn verdicts_and_certificates_match_theory() {
         let p = kinkcheck::compile(case["program"].as_str().unwrap()).unwrap();
         let x = vecf(&case["at"]);
         for (conv, v) in want.as_object().unwrap() {
-            let opts = VerifyOptions::new(Convention::parse(conv).unwrap());
+            let opts = common::verify_options(Convention::parse(conv).unwrap());
             let r = kinkcheck::verify(&p, &x, &opts).unwrap();
             assert_eq!(
                 verdict_name(r.verdict),
@@ -176,7 +178,7 @@ fn verdicts_and_certificates_match_theory() {
             .into_iter()
             .flatten()
         {
-            let mut opts = VerifyOptions::new(Convention::pytorch());
+            let mut opts = common::verify_options(Convention::pytorch());
             opts.gradient = Some(vecf(&gcase["gradient"]));
             let r = kinkcheck::verify(&p, &x, &opts).unwrap();
             assert_eq!(

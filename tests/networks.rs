@@ -10,6 +10,8 @@ use kinkcheck::frontend::{onnx, onnx_proto, Problem};
 use kinkcheck::graph::RelationKind;
 use kinkcheck::{eval, Convention};
 use proptest::prelude::*;
+
+mod common;
 use serde_json::json;
 use std::path::PathBuf;
 use std::process::Command;
@@ -759,9 +761,19 @@ fn onnx_errors_are_one_line() {
 
 // ---------------------------------------------------------------- command line
 
+/// Run the binary; `verify` gets a generous `--timeout` so that no test depends on the speed
+/// of the machine (issue 13).
+fn with_timeout<'a>(args: &[&'a str]) -> Vec<&'a str> {
+    let mut a = args.to_vec();
+    if a.first() == Some(&"verify") && !a.contains(&"--timeout") {
+        a.extend(["--timeout", "3600"]);
+    }
+    a
+}
+
 fn kinkcheck(args: &[&str]) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_kinkcheck"))
-        .args(args)
+        .args(with_timeout(args))
         .current_dir(root())
         .output()
         .unwrap()
@@ -1023,7 +1035,7 @@ fn mlp() -> impl Strategy<Value = (serde_json::Value, usize)> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(150))]
+    #![proptest_config(common::proptest_config(150, 0x6b63_0201, "proptest-regressions/networks.txt"))]
 
     #[test]
     fn random_mlp_ad_matches_finite_differences((net, _batch) in mlp(), wrt_inputs in any::<bool>()) {
@@ -1081,7 +1093,7 @@ fn onnx_and_json_give_identical_reports() {
     let mut compared = 0;
     for c in conventions() {
         for gradient in [None, Some(vec![0.5; x.len()])] {
-            let mut o = kinkcheck::VerifyOptions::new(c.clone());
+            let mut o = common::verify_options(c.clone());
             o.gradient = gradient.clone();
             let rj = serde_json::to_value(kinkcheck::verify(&pj, &x, &o).unwrap()).unwrap();
             let rs = serde_json::to_value(kinkcheck::verify(&ps, &x, &o).unwrap()).unwrap();

@@ -10,6 +10,8 @@ use kinkcheck::{anf, Convention};
 use nalgebra::{DMatrix, DVector};
 use proptest::prelude::*;
 
+mod common;
+
 /// A random expression over x1..x3; `affine` restricts it to abs-affine operations.
 fn expr(affine: bool) -> impl Strategy<Value = String> {
     let leaf = prop_oneof![
@@ -66,7 +68,7 @@ fn sigma_vec(s: usize) -> impl Strategy<Value = Vec<f64>> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(300))]
+    #![proptest_config(common::proptest_config(300, 0x6b63_0101, "proptest-regressions/properties.txt"))]
 
     #[test]
     fn forward_and_reverse_sweeps_agree(src in program(false), x in point(), seed in any::<u64>()) {

@@ -1876,7 +1876,7 @@ f = relu(u) - relu(-u) + abs(x2) # the LAST assignment is the scalar output
     }
 
     proptest! {
-        #![proptest_config(ProptestConfig::with_cases(2000))]
+        #![proptest_config(crate::test_support::proptest_config(2000, 0x6b63_0401, "proptest-regressions/kc.txt"))]
 
         #[test]
         fn arbitrary_strings_never_panic(s in any::<String>()) {
