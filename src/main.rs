@@ -112,7 +112,7 @@ fn load(src: &SourceArgs) -> Result<Problem, Error> {
     let network_flags = src.data.is_some() || wrt.is_some() || loss.is_some() || clip.is_some();
     match (&src.expr, &src.source) {
         (Some(_), _) if network_flags => Err(Error::input(
-            "--data, --wrt, --loss and --clip apply to network descriptions (.json) and ONNX models (.onnx) only",
+            "--data, --wrt and --loss apply to network descriptions (.json) and ONNX models (.onnx) only (and --clip to ONNX models)",
         )),
         (Some(text), _) => kinkcheck::compile(text),
         (None, Some(path)) => {
