@@ -5,6 +5,7 @@
 //!   batch 4, wrt params;
 //! * a residual CNN (3×32×32, stem conv 3→16, three residual blocks of two 16-channel 3×3
 //!   convs, global average pool, linear 16→10), batch 32, wrt params.
+//!
 //! The summary prints variables, switches, active switches, one pass, verify, their ratio and
 //! the peak resident memory. (The comparison with PyTorch itself is `tools/bench_vs_torch.py`.)
 
