@@ -1045,6 +1045,11 @@ fn lower_node(
             let node_out = if op == "MaxPool" {
                 // Padding is −∞: padded cells never win, so each window is the left fold over
                 // its cells inside the input, in row-major order (THEORY §1, max-pool row).
+                // Tie rule: PyTorch's max_pool1d/2d backward gives a tie to the FIRST maximal
+                // cell of the row-major scan — checked in torch 2.15 by
+                // `tools/gen_torch_models.py --check-rules` (2×2 all tied → [1,0,0,0];
+                // (0,1),(1,0) tied → [0,1,0,0]) — which is σ̃ = +1 on every fold step
+                // (the running maximum keeps the tie), Role::MaxPool under `pytorch`.
                 let windows: Vec<Vec<usize>> = (0..c)
                     .flat_map(|ch| {
                         cells.iter().map(move |cell| {
