@@ -21,6 +21,7 @@ const MODELS: &[&str] = &[
     "maxmin",
     "softmax",
     "gelu_elu",
+    "layout",
 ];
 
 fn dir() -> PathBuf {

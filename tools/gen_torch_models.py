@@ -262,6 +262,23 @@ class GeluElu(nn.Module):
         return self.l3(self.drop(F.elu(self.l2(F.gelu(self.l1(x))))))
 
 
+class Layout(nn.Module):
+    """Pad -> Conv2d -> Concat -> ReLU -> Transpose -> MaxPool2d(ceil_mode) -> global max pool
+    -> Squeeze/Unsqueeze -> Linear: the layout operators."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(2, 2, 3)
+        self.fc = nn.Linear(4, 1)
+
+    def forward(self, x):
+        h = self.conv(F.pad(x, (1, 0, 0, 1)))
+        h = F.relu(torch.cat([h, -h], dim=1)).permute(0, 1, 3, 2)
+        h = F.max_pool2d(h, 2, ceil_mode=True)
+        h = F.adaptive_max_pool2d(h, 1).squeeze(-1).squeeze(-1).unsqueeze(1)
+        return self.fc(h).squeeze(1)
+
+
 # ---------------- planting ----------------
 
 
@@ -415,6 +432,12 @@ def spec_gelu(m, x, g):
     return [rec("elu argument == 0", relu_zeros(m.l2(F.gelu(m.l1(x)))))]
 
 
+def spec_layout(m, x, g):
+    plant_bias_cancel(m.conv, F.pad(x[0], (1, 0, 0, 1)), (0, 1, 1))
+    z = m.conv(F.pad(x, (1, 0, 0, 1)))
+    return [rec("conv output (relu argument of both signs) == 0", relu_zeros(z))]
+
+
 # name, module, per-sample input shape, batch, planting, loss, clip rule, output size
 MODELS = [
     ("lenet", LeNet, (1, 8, 8), 3, spec_lenet, "mse", "hardtanh", 2),
@@ -428,6 +451,7 @@ MODELS = [
     ("maxmin", MaxMin, (3,), 3, spec_maxmin, "mse", "hardtanh", 1),
     ("softmax", SoftNet, (3,), 3, spec_soft, "mse", "hardtanh", 2),
     ("gelu_elu", GeluElu, (3,), 3, spec_gelu, "mse", "hardtanh", 1),
+    ("layout", Layout, (2, 5, 5), 3, spec_layout, "mse", "hardtanh", 1),
 ]
 
 

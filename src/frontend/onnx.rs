@@ -47,11 +47,14 @@
 //!   `Sigmoid`, `Exp`, `Log`, `Sqrt`, `Softplus`, `Sin`, `Cos`, `Erf`, `Gelu` (exact and
 //!   `tanh`); `BatchNormalization` (inference form), `Dropout` (inference: the identity),
 //!   `Cast` (the identity: values are `f64`);
-//! * `Softmax`, `LogSoftmax` (any axis but the batch axis), `ReduceMean`, `ReduceSum` (axes
-//!   as attribute or input, `keepdims`);
+//! * `Softmax`, `LogSoftmax` (any axis but the batch axis), `ReduceMean`, `ReduceSum`,
+//!   `ReduceMax` (left fold with the max-pool rule: the dynamo exporter's global max pool),
+//!   `ReduceMin` (binary min rule) — axes as attribute or input, `keepdims`;
 //! * layout: `Flatten`, `Reshape` (`0` and `−1`; the shape stored or computed from `Shape`),
-//!   `Transpose`, `Squeeze`, `Unsqueeze`, `Concat`, `Pad` (constant mode), `Identity`,
-//!   `Shape`, and folded `Constant`s.
+//!   `Transpose`, `Squeeze`, `Unsqueeze`, `Concat`, `Slice`, `Pad` (constant mode; pads as
+//!   attribute or input), `Identity`, and the constant subgraphs the classic exporter writes
+//!   for `F.pad` (`Shape`, `ConstantOfShape`, `Concat`, `Slice`, `Cast` on constants, folded),
+//!   plus folded `Constant`s.
 //!
 //! Kink operators lower through [`crate::lower`] (THEORY §1): `Relu`, `Abs`, `LeakyRelu`,
 //! `HardSigmoid` as their rows say; `Max`/`Min` fold left to right with the binary max/min
@@ -70,7 +73,7 @@
 //! padded input, mismatched weight shapes), each naming the node.
 
 use super::network::{sample_loss, Data, Loss, Wrt};
-use super::onnx_proto::{Model, Node};
+use super::onnx_proto::{AttrValue, Model, Node};
 use super::Problem;
 use crate::error::Error;
 use crate::graph::{ConvSpec, Graph, NodeId, Origin, Role, Smooth};
@@ -415,6 +418,10 @@ pub const SUPPORTED_OPS: &[&str] = &[
     "Unsqueeze",
     "Pad",
     "Shape",
+    "ConstantOfShape",
+    "Slice",
+    "ReduceMax",
+    "ReduceMin",
 ];
 
 fn is_default_domain(node: &Node) -> bool {
@@ -755,24 +762,33 @@ fn lower_node(
         "MatMul" => {
             let a = need(g, ctx, 0)?;
             let b = need(g, ctx, 1)?;
-            if !a.batched || b.batched || a.shape.len() != 1 {
+            // a per-sample vector, possibly with leading axes of size 1 (kept)
+            let lead_ok =
+                !a.shape.is_empty() && a.shape[..a.shape.len() - 1].iter().all(|&d| d == 1);
+            if !a.batched || b.batched || !lead_ok {
                 return Err(err(
                     "only (per-sample vector) × (weight matrix or vector) is supported",
                 ));
             }
-            let k = a.shape[0];
+            let k = a.shape[a.shape.len() - 1];
+            let lead = a.shape[..a.shape.len() - 1].to_vec();
+            let with_lead = |tail: &[usize]| {
+                let mut sh = lead.clone();
+                sh.extend_from_slice(tail);
+                sh
+            };
             match b.shape.as_slice() {
                 &[kb, r] if kb == k => {
                     let w = transpose(g, b.node, kb, r)?;
                     Value {
                         node: g.matvec(w, a.node, r)?,
-                        shape: vec![r],
+                        shape: with_lead(&[r]),
                         batched: true,
                     }
                 }
                 &[kb] if kb == k => Value {
                     node: g.matvec(b.node, a.node, 1)?,
-                    shape: vec![],
+                    shape: lead.clone(),
                     batched: true,
                 },
                 other => {
@@ -1138,10 +1154,11 @@ fn lower_node(
                 batched: true,
             }
         }
-        "ReduceMean" | "ReduceSum" => {
+        "ReduceMean" | "ReduceSum" | "ReduceMax" | "ReduceMin" => {
             let a = need(g, ctx, 0)?;
             let opset = model.opset_version.unwrap_or(13);
             let from_input = (op == "ReduceSum" && opset >= 13) || opset >= 18;
+            let extreme = op == "ReduceMax" || op == "ReduceMin";
             let axes: Option<Vec<i64>> = if from_input {
                 const_input(g, ctx, env, node, 1)?.map(|v| v.iter().map(|&x| x as i64).collect())
             } else {
@@ -1172,7 +1189,26 @@ fn lower_node(
                 return Err(err("reducing over the batch axis is not supported"));
             }
             let red: Vec<usize> = axes.iter().map(|&x| x - off).collect();
-            let (node_out, shape) = reduce(g, &a, &red, keep, op == "ReduceMean")?;
+            let (node_out, shape) = if extreme {
+                // each output is a left fold over its cells in row-major order; ReduceMax
+                // uses the max-pool rule (torch's global max pool, exported by the dynamo
+                // exporter as ReduceMax, gives a tie to the first cell), ReduceMin the
+                // binary min rule
+                let (windows, shape) = reduce_windows(&a.shape, &red, keep);
+                let node = if op == "ReduceMax" {
+                    lower::maxpool(g, a.node, &windows, origin)?
+                } else {
+                    let mut m = g.gather(a.node, windows.iter().map(|w| w[0]).collect())?;
+                    for j in 1..windows[0].len() {
+                        let b = g.gather(a.node, windows.iter().map(|w| w[j]).collect())?;
+                        m = lower::min2(g, m, b, origin.clone())?;
+                    }
+                    m
+                };
+                (node, shape)
+            } else {
+                reduce(g, &a, &red, keep, op == "ReduceMean")?
+            };
             Value {
                 node: node_out,
                 shape,
@@ -1218,7 +1254,7 @@ fn lower_node(
                     idx.extend(st + o * blk..st + (o + 1) * blk);
                 }
             }
-            let cat = g.concat(vals.iter().map(|v| v.node).collect())?;
+            let cat = concat_fold(g, vals.iter().map(|v| v.node).collect())?;
             let mut shape = first.shape.clone();
             shape[ax] = vals.iter().map(|v| v.shape[ax]).sum();
             Value {
@@ -1409,6 +1445,96 @@ fn lower_node(
                 batched: a.batched,
             }
         }
+        "ConstantOfShape" => {
+            let dims =
+                const_input(g, ctx, env, node, 0)?.ok_or_else(|| err("input 0 is missing"))?;
+            let value = match node.attr("value") {
+                Some(AttrValue::Tensor(t)) if t.data.len() == 1 => t.data[0],
+                Some(_) => return Err(err("value must be a one-element tensor")),
+                None => 0.0,
+            };
+            let shape: Vec<usize> = dims.iter().map(|&d| d.max(0.0) as usize).collect();
+            let n = numel(&shape);
+            if n == 0 || n > 1 << 24 {
+                return Err(err(format!("shape {shape:?} is empty or too large")));
+            }
+            Value {
+                node: g.constant(vec![value; n])?,
+                shape,
+                batched: false,
+            }
+        }
+        "Slice" => {
+            let a = need(g, ctx, 0)?;
+            let ints =
+                |g: &mut Graph, ctx: &mut Ctx, i: usize| -> Result<Option<Vec<i64>>, Error> {
+                    Ok(const_input(g, ctx, env, node, i)?
+                        .map(|v| v.iter().map(|&x| x as i64).collect()))
+                };
+            let starts = ints(g, ctx, 1)?.ok_or_else(|| err("starts are missing"))?;
+            let ends = ints(g, ctx, 2)?.ok_or_else(|| err("ends are missing"))?;
+            let full = full_shape(&a);
+            let r = full.len() as i64;
+            let axes = ints(g, ctx, 3)?.unwrap_or_else(|| (0..starts.len() as i64).collect());
+            let steps = ints(g, ctx, 4)?.unwrap_or_else(|| vec![1; starts.len()]);
+            if ends.len() != starts.len()
+                || axes.len() != starts.len()
+                || steps.len() != starts.len()
+            {
+                return Err(err("starts, ends, axes and steps differ in length"));
+            }
+            // per axis: the selected indices
+            let mut sel: Vec<Vec<usize>> = full.iter().map(|&d| (0..d).collect()).collect();
+            for i in 0..starts.len() {
+                let ax = if axes[i] < 0 { axes[i] + r } else { axes[i] };
+                if ax < 0 || ax >= r {
+                    return Err(err(format!(
+                        "axis {} is out of range for rank {r}",
+                        axes[i]
+                    )));
+                }
+                let ax = ax as usize;
+                let d = full[ax] as i64;
+                let step = steps[i];
+                if step == 0 {
+                    return Err(err("a step of 0"));
+                }
+                let norm = |v: i64| if v < 0 { v + d } else { v };
+                let (lo, hi) = if step > 0 { (0, d) } else { (-1, d - 1) };
+                let st = norm(starts[i].clamp(-d - 1, d)).clamp(lo, hi);
+                let en = norm(ends[i].clamp(-d - 1, d)).clamp(lo, hi);
+                let mut v = Vec::new();
+                let mut k = st;
+                while (step > 0 && k < en) || (step < 0 && k > en) {
+                    v.push(k as usize);
+                    k += step;
+                }
+                if a.batched && ax == 0 && v != [0] {
+                    return Err(err("slicing the batch axis is not supported"));
+                }
+                sel[ax] = v;
+            }
+            if sel.iter().any(Vec::is_empty) {
+                return Err(err("the slice is empty"));
+            }
+            let off = usize::from(a.batched);
+            let step = row_major_steps(&a.shape);
+            let out_shape: Vec<usize> = sel[off..].iter().map(Vec::len).collect();
+            let idx = multi_indices(&out_shape)
+                .iter()
+                .map(|o| {
+                    o.iter()
+                        .enumerate()
+                        .map(|(i, &j)| sel[i + off][j] * step[i])
+                        .sum()
+                })
+                .collect();
+            Value {
+                node: permute(g, a.node, idx)?,
+                shape: out_shape,
+                batched: a.batched,
+            }
+        }
         "Shape" => {
             let a = need(g, ctx, 0)?;
             let full = full_shape(&a);
@@ -1570,6 +1696,49 @@ fn sum_windows(
     let acc = acc.ok_or_else(|| err("empty windows"))?;
     let inv = g.constant(divs.iter().map(|d| 1.0 / d).collect())?;
     Ok(g.mul(acc, inv)?)
+}
+
+/// The cells (row-major) of each output of a reduction over the axes `red` of `shape`, and
+/// the output shape.
+fn reduce_windows(shape: &[usize], red: &[usize], keep: bool) -> (Vec<Vec<usize>>, Vec<usize>) {
+    let out_full: Vec<usize> = (0..shape.len())
+        .map(|i| if red.contains(&i) { 1 } else { shape[i] })
+        .collect();
+    let out_steps = row_major_steps(&out_full);
+    let mut windows = vec![Vec::new(); numel(&out_full)];
+    for (flat, idx) in multi_indices(shape).iter().enumerate() {
+        let o: usize = (0..shape.len())
+            .map(|i| {
+                if red.contains(&i) {
+                    0
+                } else {
+                    idx[i] * out_steps[i]
+                }
+            })
+            .sum();
+        windows[o].push(flat);
+    }
+    let out_shape = if keep {
+        out_full
+    } else {
+        (0..shape.len())
+            .filter(|i| !red.contains(i))
+            .map(|i| shape[i])
+            .collect()
+    };
+    (windows, out_shape)
+}
+
+/// Concatenation, folded when every part is a constant.
+fn concat_fold(g: &mut Graph, parts: Vec<NodeId>) -> Result<NodeId, Error> {
+    if parts.iter().all(|&p| g.const_value(p).is_some()) {
+        let mut v = Vec::new();
+        for &p in &parts {
+            v.extend_from_slice(g.const_value(p).unwrap_or(&[]));
+        }
+        return Ok(g.constant(v)?);
+    }
+    Ok(g.concat(parts)?)
 }
 
 /// Sum (or mean) over the axes `red` of a value's own shape.
