@@ -44,14 +44,6 @@ pub struct AbsNormalForm {
     pub b: Vec<f64>,
 }
 
-fn sparse(v: &[f64]) -> Vec<(usize, f64)> {
-    v.iter()
-        .enumerate()
-        .filter(|(_, &c)| c != 0.0)
-        .map(|(i, &c)| (i, c))
-        .collect()
-}
-
 /// Compute the abs-normal form of `g` at the point of `ev` (s + 1 reverse sweeps).
 ///
 /// ```
@@ -71,8 +63,14 @@ pub fn abs_normal_form(g: &Graph, ev: &Evaluation) -> Result<AbsNormalForm, Eval
     let mut z_rows = Vec::with_capacity(s);
     let mut l_rows = Vec::with_capacity(s);
     for i in 0..s {
-        let adj = sw.sweep(Seed::Switch(SwitchId(i)), &rules)?;
-        z_rows.push(sparse(&adj.grad));
+        let adj = sw.sweep_sparse(Seed::Switch(SwitchId(i)), &rules)?;
+        z_rows.push(
+            adj.idx
+                .iter()
+                .copied()
+                .zip(adj.val.iter().copied())
+                .collect(),
+        );
         l_rows.push(adj.stopped.iter().map(|&(j, v)| (j.0, v)).collect());
     }
     let out = sw.sweep(Seed::Output, &rules)?;
@@ -265,8 +263,12 @@ impl ActiveData {
         let mut j = Vec::with_capacity(k);
         let mut lhat = vec![vec![0.0; k]; k];
         for (r, &s) in active.iter().enumerate() {
-            let adj = sw.sweep(Seed::Switch(s), &rules)?;
-            j.push(SparseRow::from_dense(&adj.grad));
+            let adj = sw.sweep_sparse(Seed::Switch(s), &rules)?;
+            j.push(SparseRow {
+                len: g.n_vars(),
+                idx: adj.idx,
+                val: adj.val,
+            });
             for (t, v) in adj.stopped {
                 lhat[r][pos[t.0]] = v;
             }

@@ -15,6 +15,7 @@
 use crate::convention::Convention;
 use crate::graph::{describe_origin, ConvSpec, Graph, NodeId, Op, Role, Smooth, SwitchId};
 use crate::tensor::{self, ConvGeometry};
+use nalgebra::{DMatrix, DMatrixView, DMatrixViewMut};
 use thiserror::Error;
 
 /// A failure to evaluate the program at the point.
@@ -152,6 +153,9 @@ pub fn erf(t: f64) -> f64 {
 /// Evaluate every node at `x`. Fails with a message naming the place when a value is
 /// undefined (log of a non-positive number, division by zero, overflow) or when a smooth
 /// elemental is not differentiable there (sqrt at 0).
+///
+/// Dense layers over a batch (matrix–vector nodes sharing one weight node, see [`Schedule`])
+/// are evaluated as one matrix–matrix product per layer.
 pub fn evaluate(g: &Graph, x: &[f64]) -> Result<Evaluation, EvalError> {
     if x.len() != g.n_vars() {
         return Err(EvalError::PointLength {
@@ -163,128 +167,285 @@ pub fn evaluate(g: &Graph, x: &[f64]) -> Result<Evaluation, EvalError> {
         return Err(EvalError::NonFinitePoint { index, value });
     }
     let mut vals = vec![0.0; g.total_len()];
-    for (i, node) in g.nodes().iter().enumerate() {
-        let off = node.offset;
-        let len = node.len;
-        let get = |vals: &Vec<f64>, id: NodeId| -> (usize, usize) {
-            let n = g.node(id);
-            let _ = vals;
-            (n.offset, n.len)
-        };
-        let undefined = |what: String| EvalError::Undefined {
-            place: describe_origin(g.origin_of(NodeId(i as u32))),
-            what,
-        };
-        match &node.op {
-            Op::Var { offset } => vals[off..off + len].copy_from_slice(&x[*offset..offset + len]),
-            Op::Const(c) => vals[off..off + len].copy_from_slice(c),
-            Op::Add(a, b) | Op::Sub(a, b) | Op::Mul(a, b) | Op::Div(a, b) => {
-                let (oa, la) = get(&vals, *a);
-                let (ob, lb) = get(&vals, *b);
-                for k in 0..len {
-                    let va = vals[oa + bidx(la, k)];
-                    let vb = vals[ob + bidx(lb, k)];
-                    vals[off + k] = match &node.op {
-                        Op::Add(..) => va + vb,
-                        Op::Sub(..) => va - vb,
-                        Op::Mul(..) => va * vb,
-                        _ => {
-                            if vb == 0.0 {
-                                return Err(undefined("division by zero".into()));
-                            }
-                            va / vb
-                        }
-                    };
+    if let Some(sched) = Schedule::new(g) {
+        let mut ok = true;
+        for step in &sched.steps {
+            match step {
+                Step::Node(i) => ok = eval_node(g, &mut vals, x, *i).is_ok(),
+                Step::Group(members) => {
+                    gemm_forward(g, &mut vals, members);
+                    ok = members.iter().all(|&i| {
+                        let n = &g.nodes()[i];
+                        vals[n.offset..n.offset + n.len]
+                            .iter()
+                            .all(|v| v.is_finite())
+                    });
                 }
             }
-            Op::Neg(a) => {
-                let (oa, _) = get(&vals, *a);
-                for k in 0..len {
-                    vals[off + k] = -vals[oa + k];
-                }
-            }
-            Op::PowI(a, p) => {
-                let (oa, _) = get(&vals, *a);
-                for k in 0..len {
-                    let t = vals[oa + k];
-                    if t == 0.0 && *p < 0 {
-                        return Err(undefined(format!("0 raised to the power {p}")));
-                    }
-                    vals[off + k] = t.powi(*p);
-                }
-            }
-            Op::Unary(f, a) => {
-                let (oa, _) = get(&vals, *a);
-                for k in 0..len {
-                    let t = vals[oa + k];
-                    match f {
-                        Smooth::Log if t <= 0.0 => {
-                            return Err(undefined(format!("log of {t} is undefined")))
-                        }
-                        Smooth::Sqrt if t < 0.0 => {
-                            return Err(undefined(format!("sqrt of {t} is undefined")))
-                        }
-                        Smooth::Sqrt if t == 0.0 => {
-                            return Err(undefined(
-                                "sqrt is not differentiable at 0 (not locally Lipschitz)".into(),
-                            ))
-                        }
-                        _ => {}
-                    }
-                    vals[off + k] = smooth_value(*f, t);
-                }
-            }
-            Op::Abs(a) => {
-                let (oa, _) = get(&vals, *a);
-                for k in 0..len {
-                    vals[off + k] = vals[oa + k].abs();
-                }
-            }
-            Op::MatVec { w, x: xv, rows } => {
-                let (ow, _) = get(&vals, *w);
-                let (ox, lx) = get(&vals, *xv);
-                for r in 0..*rows {
-                    let row = &vals[ow + r * lx..ow + (r + 1) * lx];
-                    let xs = &vals[ox..ox + lx];
-                    vals[off + r] = dot(row, xs);
-                }
-            }
-            Op::Sum(a) => {
-                let (oa, la) = get(&vals, *a);
-                vals[off] = vals[oa..oa + la].iter().sum();
-            }
-            Op::Gather(a, idx) => {
-                let (oa, _) = get(&vals, *a);
-                for (k, &j) in idx.iter().enumerate() {
-                    vals[off + k] = vals[oa + j];
-                }
-            }
-            Op::Concat(parts) => {
-                let mut k = off;
-                for p in parts {
-                    let (op_, lp) = get(&vals, *p);
-                    vals.copy_within(op_..op_ + lp, k);
-                    k += lp;
-                }
-            }
-            Op::LogSumExp(a) => {
-                let (oa, la) = get(&vals, *a);
-                vals[off] = logsumexp(&vals[oa..oa + la]);
-            }
-            Op::Conv { x, w, bias, spec } => {
-                conv_forward_at(g, &mut vals, off, *x, *w, *bias, spec)
+            if !ok {
+                break;
             }
         }
-        if let Some(v) = vals[off..off + len].iter().find(|v| !v.is_finite()) {
-            return Err(undefined(format!(
-                "value {v} is not finite (overflow or undefined operation)"
-            )));
+        if ok {
+            return Ok(Evaluation {
+                x: x.to_vec(),
+                values: vals,
+            });
         }
+        // an error: the evaluation in node order reports the first one in node order
+        vals.iter_mut().for_each(|v| *v = 0.0);
+    }
+    for i in 0..g.nodes().len() {
+        eval_node(g, &mut vals, x, i)?;
     }
     Ok(Evaluation {
         x: x.to_vec(),
         values: vals,
     })
+}
+
+/// The value of node `i` from its operands' values.
+fn eval_node(g: &Graph, vals: &mut [f64], x: &[f64], i: usize) -> Result<(), EvalError> {
+    let node = &g.nodes()[i];
+    let off = node.offset;
+    let len = node.len;
+    let get = |_: &[f64], id: NodeId| -> (usize, usize) {
+        let n = g.node(id);
+        (n.offset, n.len)
+    };
+    let undefined = |what: String| EvalError::Undefined {
+        place: describe_origin(g.origin_of(NodeId(i as u32))),
+        what,
+    };
+    match &node.op {
+        Op::Var { offset } => vals[off..off + len].copy_from_slice(&x[*offset..offset + len]),
+        Op::Const(c) => vals[off..off + len].copy_from_slice(c),
+        Op::Add(a, b) | Op::Sub(a, b) | Op::Mul(a, b) | Op::Div(a, b) => {
+            let (oa, la) = get(vals, *a);
+            let (ob, lb) = get(vals, *b);
+            for k in 0..len {
+                let va = vals[oa + bidx(la, k)];
+                let vb = vals[ob + bidx(lb, k)];
+                vals[off + k] = match &node.op {
+                    Op::Add(..) => va + vb,
+                    Op::Sub(..) => va - vb,
+                    Op::Mul(..) => va * vb,
+                    _ => {
+                        if vb == 0.0 {
+                            return Err(undefined("division by zero".into()));
+                        }
+                        va / vb
+                    }
+                };
+            }
+        }
+        Op::Neg(a) => {
+            let (oa, _) = get(vals, *a);
+            for k in 0..len {
+                vals[off + k] = -vals[oa + k];
+            }
+        }
+        Op::PowI(a, p) => {
+            let (oa, _) = get(vals, *a);
+            for k in 0..len {
+                let t = vals[oa + k];
+                if t == 0.0 && *p < 0 {
+                    return Err(undefined(format!("0 raised to the power {p}")));
+                }
+                vals[off + k] = t.powi(*p);
+            }
+        }
+        Op::Unary(f, a) => {
+            let (oa, _) = get(vals, *a);
+            for k in 0..len {
+                let t = vals[oa + k];
+                match f {
+                    Smooth::Log if t <= 0.0 => {
+                        return Err(undefined(format!("log of {t} is undefined")))
+                    }
+                    Smooth::Sqrt if t < 0.0 => {
+                        return Err(undefined(format!("sqrt of {t} is undefined")))
+                    }
+                    Smooth::Sqrt if t == 0.0 => {
+                        return Err(undefined(
+                            "sqrt is not differentiable at 0 (not locally Lipschitz)".into(),
+                        ))
+                    }
+                    _ => {}
+                }
+                vals[off + k] = smooth_value(*f, t);
+            }
+        }
+        Op::Abs(a) => {
+            let (oa, _) = get(vals, *a);
+            for k in 0..len {
+                vals[off + k] = vals[oa + k].abs();
+            }
+        }
+        Op::MatVec { w, x: xv, rows } => {
+            let (ow, _) = get(vals, *w);
+            let (ox, lx) = get(vals, *xv);
+            for r in 0..*rows {
+                let row = &vals[ow + r * lx..ow + (r + 1) * lx];
+                let xs = &vals[ox..ox + lx];
+                vals[off + r] = dot(row, xs);
+            }
+        }
+        Op::Sum(a) => {
+            let (oa, la) = get(vals, *a);
+            vals[off] = vals[oa..oa + la].iter().sum();
+        }
+        Op::Gather(a, idx) => {
+            let (oa, _) = get(vals, *a);
+            for (k, &j) in idx.iter().enumerate() {
+                vals[off + k] = vals[oa + j];
+            }
+        }
+        Op::Concat(parts) => {
+            let mut k = off;
+            for p in parts {
+                let (op_, lp) = get(vals, *p);
+                vals.copy_within(op_..op_ + lp, k);
+                k += lp;
+            }
+        }
+        Op::LogSumExp(a) => {
+            let (oa, la) = get(vals, *a);
+            vals[off] = logsumexp(&vals[oa..oa + la]);
+        }
+        Op::Conv { x, w, bias, spec } => conv_forward_at(g, vals, off, *x, *w, *bias, spec),
+    }
+    if let Some(v) = vals[off..off + len].iter().find(|v| !v.is_finite()) {
+        return Err(undefined(format!(
+            "value {v} is not finite (overflow or undefined operation)"
+        )));
+    }
+    Ok(())
+}
+
+/// Smallest weight matrix (rows × columns) whose matrix–vector nodes are batched into one
+/// matrix–matrix product; smaller products stay per node.
+const GEMM_MIN: usize = 4096;
+
+/// Fewest members of a group, and fewest rows and columns of its weight matrix: nalgebra's
+/// `gemm` hands products with every dimension above 5 to `matrixmultiply` (runtime SIMD
+/// detection); smaller ones would take its generic loops, no faster than the node kernels.
+const GEMM_MIN_DIM: usize = 6;
+
+/// One step of a batched schedule: a node, or a group of matrix–vector nodes `W·x_s` sharing
+/// their weight node `W` (one per sample of a batch), computed as one product `W·[x_1 … x_B]`.
+#[derive(Debug, Clone)]
+enum Step {
+    Node(usize),
+    Group(Vec<usize>),
+}
+
+/// A topological order by levels (a node's level is one more than its operands' highest), in
+/// which the matrix–vector nodes of one level that share a weight node form one group. The
+/// front ends build a batch sample after sample, so the same dense layer of all samples sits
+/// on one level: evaluating it level by level turns B matrix–vector products into one
+/// matrix–matrix product (and the same for the adjoints). Only graphs with such a group of
+/// at least [`GEMM_MIN_DIM`] members of [`GEMM_MIN`] weights or more get a schedule; the others keep
+/// the node order.
+#[derive(Debug, Clone)]
+struct Schedule {
+    steps: Vec<Step>,
+}
+
+impl Schedule {
+    fn new(g: &Graph) -> Option<Schedule> {
+        let big = |op: &Op| match op {
+            Op::MatVec { w, x, rows } => {
+                w != x
+                    && rows * g.len(*x) >= GEMM_MIN
+                    && *rows >= GEMM_MIN_DIM
+                    && g.len(*x) >= GEMM_MIN_DIM
+            }
+            _ => false,
+        };
+        if g.nodes().iter().filter(|n| big(&n.op)).count() < GEMM_MIN_DIM {
+            return None;
+        }
+        let n = g.nodes().len();
+        let mut level = vec![0u32; n];
+        let mut top = 0;
+        for (i, node) in g.nodes().iter().enumerate() {
+            let l = node
+                .op
+                .operands()
+                .iter()
+                .map(|o| level[o.index()] + 1)
+                .max()
+                .unwrap_or(0);
+            level[i] = l;
+            top = top.max(l);
+        }
+        let mut by_level: Vec<Vec<usize>> = vec![vec![]; top as usize + 1];
+        for i in 0..n {
+            by_level[level[i] as usize].push(i);
+        }
+        let mut steps = Vec::with_capacity(n);
+        let mut grouped = false;
+        for nodes in by_level {
+            let mut groups: Vec<((NodeId, usize, usize), Vec<usize>)> = vec![];
+            for &i in &nodes {
+                match &g.nodes()[i].op {
+                    op @ Op::MatVec { w, x, rows } if big(op) => {
+                        let key = (*w, *rows, g.len(*x));
+                        match groups.iter_mut().find(|(k, _)| *k == key) {
+                            Some((_, m)) => m.push(i),
+                            None => groups.push((key, vec![i])),
+                        }
+                    }
+                    _ => steps.push(Step::Node(i)),
+                }
+            }
+            for (_, m) in groups {
+                if m.len() >= GEMM_MIN_DIM {
+                    grouped = true;
+                    steps.push(Step::Group(m));
+                } else {
+                    steps.extend(m.into_iter().map(Step::Node));
+                }
+            }
+        }
+        grouped.then_some(Schedule { steps })
+    }
+}
+
+/// The weight slot and the `(x, out)` slots of a group of matrix–vector nodes.
+fn group_slots(g: &Graph, members: &[usize]) -> (NodeId, usize, usize, Vec<(usize, usize)>) {
+    let Op::MatVec { w, x, rows } = &g.nodes()[members[0]].op else {
+        unreachable!("groups hold matrix–vector nodes only")
+    };
+    let lx = g.len(*x);
+    let slots = members
+        .iter()
+        .map(|&i| match &g.nodes()[i].op {
+            Op::MatVec { x, .. } => (g.node(*x).offset, g.nodes()[i].offset),
+            _ => unreachable!("groups hold matrix–vector nodes only"),
+        })
+        .collect();
+    (*w, *rows, lx, slots)
+}
+
+/// `out_s = W x_s` for every member of a group, as one product on `buf` (values, or the
+/// magnitudes of [`magnitudes`]).
+fn gemm_forward(g: &Graph, buf: &mut [f64], members: &[usize]) {
+    let (w, rows, lx, slots) = group_slots(g, members);
+    let ow = g.node(w).offset;
+    let b = slots.len();
+    let mut xs = Vec::with_capacity(lx * b);
+    for &(ox, _) in &slots {
+        xs.extend_from_slice(&buf[ox..ox + lx]);
+    }
+    let xm = DMatrixView::from_slice(&xs, lx, b);
+    let wm = DMatrixView::from_slice_with_strides(&buf[ow..ow + rows * lx], rows, lx, lx, 1);
+    let mut out = DMatrix::<f64>::zeros(rows, b);
+    out.gemm(1.0, &wm, &xm, 0.0);
+    for (s, &(_, oo)) in slots.iter().enumerate() {
+        buf[oo..oo + rows].copy_from_slice(&out.as_slice()[s * rows..(s + 1) * rows]);
+    }
 }
 
 fn dot(a: &[f64], b: &[f64]) -> f64 {
@@ -333,71 +494,89 @@ fn logsumexp(v: &[f64]) -> f64 {
 /// recognised as a possible rounding of an exact kink.
 pub fn magnitudes(g: &Graph, ev: &Evaluation) -> Vec<f64> {
     let mut m = vec![0.0; g.total_len()];
-    for node in g.nodes() {
-        let (off, len) = (node.offset, node.len);
-        let slot = |id: NodeId| {
-            let n = g.node(id);
-            (n.offset, n.len)
-        };
-        match &node.op {
-            Op::Add(a, b) | Op::Sub(a, b) | Op::Mul(a, b) => {
-                let ((oa, la), (ob, lb)) = (slot(*a), slot(*b));
-                for k in 0..len {
-                    let (ma, mb) = (m[oa + bidx(la, k)], m[ob + bidx(lb, k)]);
-                    m[off + k] = if matches!(node.op, Op::Mul(..)) {
-                        ma * mb
-                    } else {
-                        ma + mb
-                    };
+    match Schedule::new(g) {
+        Some(sched) => {
+            for step in &sched.steps {
+                match step {
+                    Step::Node(i) => magnitude_node(g, ev, &mut m, *i),
+                    Step::Group(members) => gemm_forward(g, &mut m, members),
                 }
             }
-            Op::Neg(a) | Op::Abs(a) => {
-                let (oa, _) = slot(*a);
-                for k in 0..len {
-                    m[off + k] = m[oa + k];
-                }
-            }
-            Op::Div(a, b) => {
-                let ((oa, la), (ob, lb)) = (slot(*a), slot(*b));
-                for k in 0..len {
-                    m[off + k] = m[oa + bidx(la, k)] / ev.values[ob + bidx(lb, k)].abs();
-                }
-            }
-            Op::MatVec { w, x, rows } => {
-                let ((ow, _), (ox, lx)) = (slot(*w), slot(*x));
-                let (lo, hi) = m.split_at_mut(off);
-                let xm = &lo[ox..ox + lx];
-                for r in 0..*rows {
-                    hi[r] = dot(&lo[ow + r * lx..ow + (r + 1) * lx], xm);
-                }
-            }
-            Op::Sum(a) => {
-                let (oa, la) = slot(*a);
-                m[off] = m[oa..oa + la].iter().sum();
-            }
-            Op::Gather(a, idx) => {
-                let (oa, _) = slot(*a);
-                for (k, &j) in idx.iter().enumerate() {
-                    m[off + k] = m[oa + j];
-                }
-            }
-            Op::Concat(parts) => {
-                let mut k = off;
-                for p in parts {
-                    let (op_, lp) = slot(*p);
-                    m.copy_within(op_..op_ + lp, k);
-                    k += lp;
-                }
-            }
-            Op::Conv { x, w, bias, spec } => conv_forward_at(g, &mut m, off, *x, *w, *bias, spec),
-            _ => {
-                for k in 0..len {
-                    m[off + k] = ev.values[off + k].abs();
-                }
+        }
+        None => {
+            for i in 0..g.nodes().len() {
+                magnitude_node(g, ev, &mut m, i);
             }
         }
     }
     m
+}
+
+/// The magnitude of node `i` from its operands' magnitudes.
+fn magnitude_node(g: &Graph, ev: &Evaluation, m: &mut [f64], i: usize) {
+    let node = &g.nodes()[i];
+    let (off, len) = (node.offset, node.len);
+    let slot = |id: NodeId| {
+        let n = g.node(id);
+        (n.offset, n.len)
+    };
+    match &node.op {
+        Op::Add(a, b) | Op::Sub(a, b) | Op::Mul(a, b) => {
+            let ((oa, la), (ob, lb)) = (slot(*a), slot(*b));
+            for k in 0..len {
+                let (ma, mb) = (m[oa + bidx(la, k)], m[ob + bidx(lb, k)]);
+                m[off + k] = if matches!(node.op, Op::Mul(..)) {
+                    ma * mb
+                } else {
+                    ma + mb
+                };
+            }
+        }
+        Op::Neg(a) | Op::Abs(a) => {
+            let (oa, _) = slot(*a);
+            for k in 0..len {
+                m[off + k] = m[oa + k];
+            }
+        }
+        Op::Div(a, b) => {
+            let ((oa, la), (ob, lb)) = (slot(*a), slot(*b));
+            for k in 0..len {
+                m[off + k] = m[oa + bidx(la, k)] / ev.values[ob + bidx(lb, k)].abs();
+            }
+        }
+        Op::MatVec { w, x, rows } => {
+            let ((ow, _), (ox, lx)) = (slot(*w), slot(*x));
+            let (lo, hi) = m.split_at_mut(off);
+            let xm = &lo[ox..ox + lx];
+            for r in 0..*rows {
+                hi[r] = dot(&lo[ow + r * lx..ow + (r + 1) * lx], xm);
+            }
+        }
+        Op::Sum(a) => {
+            let (oa, la) = slot(*a);
+            m[off] = m[oa..oa + la].iter().sum();
+        }
+        Op::Gather(a, idx) => {
+            let (oa, _) = slot(*a);
+            for (k, &j) in idx.iter().enumerate() {
+                m[off + k] = m[oa + j];
+            }
+        }
+        Op::Concat(parts) => {
+            let mut k = off;
+            for p in parts {
+                let (op_, lp) = slot(*p);
+                m.copy_within(op_..op_ + lp, k);
+                k += lp;
+            }
+        }
+        Op::Conv { x, w, bias, spec } => conv_forward_at(g, m, off, *x, *w, *bias, spec),
+        _ => {
+            for k in 0..len {
+                m[off + k] = ev.values[off + k].abs();
+            }
+        }
+    }
 }
 
 /// How a sweep treats switch i: propagate through |·| with the factor abs′(zᵢ), or stop there
@@ -426,14 +605,149 @@ pub enum Seed {
     Switch(SwitchId),
 }
 
-/// Reusable buffers for many reverse sweeps over one graph and point.
+/// Granularity (elements) of the dirty map of the adjoint buffer: a matrix–vector node's
+/// weight adjoint is written row by row, and only the chunks of the rows it wrote are read
+/// back (into the gradient) and cleared after the sweep.
+const CHUNK: usize = 64;
+
+/// Which parts of the adjoint buffer a sweep wrote, so that the next sweep starts from a zero
+/// buffer without clearing all of it: sweeps seeded at one switch of a batched network reach
+/// one sample's nodes and a few weight rows, and cost that, not the whole graph (THEORY §2,
+/// "computing the reduced data by sweeps").
+struct Marks {
+    /// Node to be visited (its adjoint may be nonzero).
+    touched: Vec<bool>,
+    /// Node whose whole slot may have been written (else only its dirty chunks).
+    full: Vec<bool>,
+    /// Chunks of the adjoint buffer written by weight-row updates.
+    dirty: Vec<bool>,
+    /// Touched nodes, in the order they were first touched.
+    visited: Vec<usize>,
+}
+
+impl Marks {
+    fn new(nodes: usize, total: usize) -> Self {
+        Marks {
+            touched: vec![false; nodes],
+            full: vec![false; nodes],
+            dirty: vec![false; total.div_ceil(CHUNK)],
+            visited: Vec::new(),
+        }
+    }
+
+    fn touch(&mut self, i: usize) {
+        if !self.touched[i] {
+            self.touched[i] = true;
+            self.visited.push(i);
+        }
+    }
+
+    /// The adjoint of node `id` may be nonzero anywhere in its slot.
+    fn mark(&mut self, id: NodeId) {
+        self.touch(id.index());
+        self.full[id.index()] = true;
+    }
+
+    /// `len` elements at buffer position `at`, inside the slot of node `id`, were written.
+    fn mark_range(&mut self, id: NodeId, at: usize, len: usize) {
+        self.touch(id.index());
+        if len > 0 {
+            for c in at / CHUNK..=(at + len - 1) / CHUNK {
+                self.dirty[c] = true;
+            }
+        }
+    }
+
+    /// Call `f(start, end)` on the written sub-ranges of a slot: all of it for a `full` node,
+    /// else its dirty chunks (clipped to the slot, adjacent ones merged).
+    fn for_ranges(&self, full: bool, off: usize, len: usize, mut f: impl FnMut(usize, usize)) {
+        if full || len == 0 {
+            return f(off, off + len);
+        }
+        let end = off + len;
+        let mut run: Option<(usize, usize)> = None;
+        for c in off / CHUNK..=(end - 1) / CHUNK {
+            if self.dirty[c] {
+                let (a, b) = ((c * CHUNK).max(off), ((c + 1) * CHUNK).min(end));
+                run = match run {
+                    Some((s, e)) if e == a => Some((s, b)),
+                    Some((s, e)) => {
+                        f(s, e);
+                        Some((a, b))
+                    }
+                    None => Some((a, b)),
+                };
+            }
+        }
+        if let Some((s, e)) = run {
+            f(s, e);
+        }
+    }
+
+    /// Zero what the sweep wrote and forget the marks. Chunks may straddle two nodes, so all
+    /// slots are cleared before any chunk flag is reset.
+    fn clear(&mut self, g: &Graph, adj: &mut [f64]) {
+        if 4 * self.visited.len() >= g.nodes().len() {
+            // a sweep that reached most of the graph: clearing everything is cheaper
+            adj.iter_mut().for_each(|v| *v = 0.0);
+            self.touched.iter_mut().for_each(|t| *t = false);
+            self.full.iter_mut().for_each(|t| *t = false);
+            self.dirty.iter_mut().for_each(|t| *t = false);
+            self.visited.clear();
+            return;
+        }
+        for &i in &self.visited {
+            let node = &g.nodes()[i];
+            self.for_ranges(self.full[i], node.offset, node.len, |a, b| {
+                adj[a..b].iter_mut().for_each(|v| *v = 0.0)
+            });
+        }
+        for &i in &self.visited {
+            let node = &g.nodes()[i];
+            let (off, len) = (node.offset, node.len);
+            if len > 0 {
+                for c in off / CHUNK..=(off + len - 1) / CHUNK {
+                    self.dirty[c] = false;
+                }
+            }
+            self.touched[i] = false;
+            self.full[i] = false;
+        }
+        self.visited.clear();
+    }
+}
+
+/// The gradient of a sweep, as the sweep produces it: dense, or as `(index, value)` entries
+/// of the variables it reached.
+enum GradSink {
+    Dense(Vec<f64>),
+    Entries(Vec<(usize, f64)>),
+}
+
+/// Result of a reverse sweep with a sparse gradient: the nonzero entries of the adjoint
+/// reaching x (ascending indices) and the adjoints at the stopped switches.
+#[derive(Debug, Clone, Default)]
+pub struct SparseAdjoint {
+    /// Indices of the nonzero gradient entries, ascending.
+    pub idx: Vec<usize>,
+    /// Their values.
+    pub val: Vec<f64>,
+    /// `(switch, adjoint arriving at |z_switch|)`, nonzero entries only, ascending switch.
+    pub stopped: Vec<(SwitchId, f64)>,
+}
+
+/// Reusable buffers for many reverse sweeps over one graph and point. The adjoint buffer is
+/// kept zero between sweeps; a sweep visits only the nodes its seed reaches and clears only
+/// what it wrote.
 pub struct ReverseSweeper<'a> {
     g: &'a Graph,
     ev: &'a Evaluation,
     adj: Vec<f64>,
-    touched: Vec<bool>,
+    marks: Marks,
     /// For each node, if it is an abs node: its index in `g.abs_nodes()`.
     abs_index: Vec<u32>,
+    /// The batched schedule, for graphs with dense layers over a batch.
+    sched: Option<Schedule>,
 }
 
 impl<'a> ReverseSweeper<'a> {
@@ -447,13 +761,58 @@ impl<'a> ReverseSweeper<'a> {
             g,
             ev,
             adj: vec![0.0; g.total_len()],
-            touched: vec![false; g.nodes().len()],
+            marks: Marks::new(g.nodes().len(), g.total_len()),
             abs_index,
+            sched: Schedule::new(g),
         }
     }
 
     /// One reverse sweep from `seed` with `rules[i]` applied at switch i.
     pub fn sweep(&mut self, seed: Seed, rules: &[AbsRule]) -> Result<Adjoint, EvalError> {
+        let (sink, stopped) = self.run(seed, rules, GradSink::Dense(vec![0.0; self.g.n_vars()]))?;
+        let GradSink::Dense(grad) = sink else {
+            unreachable!("a dense sink stays dense")
+        };
+        Ok(Adjoint { grad, stopped })
+    }
+
+    /// One reverse sweep from `seed`, returning only the nonzero gradient entries (the same
+    /// numbers as [`Self::sweep`]; the cost is that of the nodes the seed reaches).
+    pub fn sweep_sparse(
+        &mut self,
+        seed: Seed,
+        rules: &[AbsRule],
+    ) -> Result<SparseAdjoint, EvalError> {
+        let (sink, stopped) = self.run(seed, rules, GradSink::Entries(Vec::new()))?;
+        let GradSink::Entries(mut e) = sink else {
+            unreachable!("an entry sink stays one")
+        };
+        // stable: entries of one index (overlapping variable nodes) keep the visiting order,
+        // so their sum is the dense sweep's, bit for bit
+        e.sort_by_key(|t| t.0);
+        let (mut idx, mut val) = (Vec::with_capacity(e.len()), Vec::with_capacity(e.len()));
+        let mut t = 0;
+        while t < e.len() {
+            let p = e[t].0;
+            let mut s = 0.0;
+            while t < e.len() && e[t].0 == p {
+                s += e[t].1;
+                t += 1;
+            }
+            if s != 0.0 {
+                idx.push(p);
+                val.push(s);
+            }
+        }
+        Ok(SparseAdjoint { idx, val, stopped })
+    }
+
+    fn run(
+        &mut self,
+        seed: Seed,
+        rules: &[AbsRule],
+        mut grad: GradSink,
+    ) -> Result<(GradSink, Vec<(SwitchId, f64)>), EvalError> {
         let g = self.g;
         let vals = &self.ev.values;
         let (start, seed_off) = match seed {
@@ -467,198 +826,322 @@ impl<'a> ReverseSweeper<'a> {
                 (arg, g.node(arg).offset + e)
             }
         };
-        self.adj.iter_mut().for_each(|a| *a = 0.0);
-        self.touched.iter_mut().for_each(|t| *t = false);
-        self.adj[seed_off] = 1.0;
-        self.touched[start.index()] = true;
-        let mut grad = vec![0.0; g.n_vars()];
         let mut stopped = Vec::new();
         let adj = &mut self.adj;
-        let touched = &mut self.touched;
-        for i in (0..=start.index()).rev() {
-            if !touched[i] {
-                continue;
+        let m = &mut self.marks;
+        adj[seed_off] = 1.0;
+        m.mark(start);
+        let abs_index = &self.abs_index;
+        let mut visit = |i: usize, adj: &mut Vec<f64>, m: &mut Marks| {
+            adjoint_node(
+                g,
+                vals,
+                abs_index,
+                adj,
+                m,
+                i,
+                rules,
+                &mut grad,
+                &mut stopped,
+            )
+        };
+        match &self.sched {
+            Some(sched) => {
+                for step in sched.steps.iter().rev() {
+                    match step {
+                        Step::Node(i) if m.touched[*i] => visit(*i, adj, m),
+                        Step::Node(_) => {}
+                        Step::Group(members) => {
+                            let live: Vec<usize> =
+                                members.iter().copied().filter(|&i| m.touched[i]).collect();
+                            if live.len() >= GEMM_MIN_DIM {
+                                gemm_adjoint(g, vals, adj, m, &live);
+                            } else {
+                                for &i in live.iter().rev() {
+                                    visit(i, adj, m);
+                                }
+                            }
+                        }
+                    }
+                }
             }
-            let node = &g.nodes()[i];
-            let (off, len) = (node.offset, node.len);
-            let mut mark = |id: NodeId| touched[id.index()] = true;
-            let slot = |id: NodeId| {
-                let n = g.node(id);
-                (n.offset, n.len)
-            };
-            match &node.op {
-                Op::Var { offset } => {
-                    for k in 0..len {
-                        grad[offset + k] += adj[off + k];
-                    }
-                }
-                Op::Const(_) => {}
-                Op::Add(a, b) | Op::Sub(a, b) => {
-                    let ((oa, la), (ob, lb)) = (slot(*a), slot(*b));
-                    let sb = if matches!(node.op, Op::Sub(..)) {
-                        -1.0
-                    } else {
-                        1.0
-                    };
-                    for k in 0..len {
-                        let l = adj[off + k];
-                        adj[oa + bidx(la, k)] += l;
-                        adj[ob + bidx(lb, k)] += sb * l;
-                    }
-                    mark(*a);
-                    mark(*b);
-                }
-                Op::Mul(a, b) => {
-                    let ((oa, la), (ob, lb)) = (slot(*a), slot(*b));
-                    for k in 0..len {
-                        let l = adj[off + k];
-                        let (va, vb) = (vals[oa + bidx(la, k)], vals[ob + bidx(lb, k)]);
-                        adj[oa + bidx(la, k)] += l * vb;
-                        adj[ob + bidx(lb, k)] += l * va;
-                    }
-                    mark(*a);
-                    mark(*b);
-                }
-                Op::Div(a, b) => {
-                    let ((oa, la), (ob, lb)) = (slot(*a), slot(*b));
-                    for k in 0..len {
-                        let l = adj[off + k];
-                        let vb = vals[ob + bidx(lb, k)];
-                        let v = vals[off + k];
-                        adj[oa + bidx(la, k)] += l / vb;
-                        adj[ob + bidx(lb, k)] -= l * v / vb;
-                    }
-                    mark(*a);
-                    mark(*b);
-                }
-                Op::Neg(a) => {
-                    let (oa, _) = slot(*a);
-                    for k in 0..len {
-                        adj[oa + k] -= adj[off + k];
-                    }
-                    mark(*a);
-                }
-                Op::PowI(a, p) => {
-                    let (oa, _) = slot(*a);
-                    for k in 0..len {
-                        let t = vals[oa + k];
-                        adj[oa + k] += adj[off + k] * (*p as f64) * t.powi(p - 1);
-                    }
-                    mark(*a);
-                }
-                Op::Unary(f, a) => {
-                    let (oa, _) = slot(*a);
-                    for k in 0..len {
-                        adj[oa + k] += adj[off + k] * smooth_deriv(*f, vals[oa + k], vals[off + k]);
-                    }
-                    mark(*a);
-                }
-                Op::Abs(a) => {
-                    let an = &g.abs_nodes()[self.abs_index[i] as usize];
-                    let (oa, _) = slot(*a);
-                    let mut any = false;
-                    for k in 0..len {
-                        let l = adj[off + k];
-                        if l == 0.0 {
-                            continue;
-                        }
-                        match rules[an.first_switch + k] {
-                            AbsRule::Factor(f) => {
-                                adj[oa + k] += l * f;
-                                any = true;
-                            }
-                            AbsRule::Stop => stopped.push((SwitchId(an.first_switch + k), l)),
-                        }
-                    }
-                    if any {
-                        mark(*a);
-                    }
-                }
-                Op::MatVec { w, x, rows } => {
-                    let ((ow, _), (ox, lx)) = (slot(*w), slot(*x));
-                    let wdep = g.node(*w).depends;
-                    let xdep = g.node(*x).depends;
-                    if w != x {
-                        // The slots of the output, W and x are disjoint: split the adjoint
-                        // buffer so that both updates are plain (vectorized) axpys.
-                        let (lo, hi) = adj.split_at_mut(off);
-                        let ladj = &hi[..*rows];
-                        let (aw, ax) = disjoint_mut(lo, (ow, rows * lx), (ox, lx));
-                        let xv = &vals[ox..ox + lx];
-                        for (r, &l) in ladj.iter().enumerate() {
-                            if l == 0.0 {
-                                continue;
-                            }
-                            if wdep {
-                                axpy(l, xv, &mut aw[r * lx..(r + 1) * lx]);
-                            }
-                            if xdep {
-                                axpy(l, &vals[ow + r * lx..ow + (r + 1) * lx], ax);
-                            }
-                        }
-                    } else {
-                        for r in 0..*rows {
-                            let l = adj[off + r];
-                            if l == 0.0 {
-                                continue;
-                            }
-                            for j in 0..lx {
-                                adj[ow + r * lx + j] += l * vals[ox + j];
-                                adj[ox + j] += l * vals[ow + r * lx + j];
-                            }
-                        }
-                    }
-                    if wdep {
-                        mark(*w);
-                    }
-                    if xdep {
-                        mark(*x);
-                    }
-                }
-                Op::Sum(a) => {
-                    let (oa, la) = slot(*a);
-                    let l = adj[off];
-                    for k in 0..la {
-                        adj[oa + k] += l;
-                    }
-                    mark(*a);
-                }
-                Op::Gather(a, idx) => {
-                    let (oa, _) = slot(*a);
-                    for (k, &j) in idx.iter().enumerate() {
-                        adj[oa + j] += adj[off + k];
-                    }
-                    mark(*a);
-                }
-                Op::Concat(parts) => {
-                    let mut k = off;
-                    for p in parts {
-                        let (op_, lp) = slot(*p);
-                        for t in 0..lp {
-                            adj[op_ + t] += adj[k + t];
-                        }
-                        k += lp;
-                        mark(*p);
-                    }
-                }
-                Op::LogSumExp(a) => {
-                    let (oa, la) = slot(*a);
-                    let l = adj[off];
-                    let v = vals[off];
-                    for k in 0..la {
-                        adj[oa + k] += l * (vals[oa + k] - v).exp();
-                    }
-                    mark(*a);
-                }
-                Op::Conv { x, w, bias, spec } => {
-                    for id in conv_reverse_at(g, vals, adj, off, *x, *w, *bias, spec) {
-                        mark(id);
+            None => {
+                for i in (0..=start.index()).rev() {
+                    if m.touched[i] {
+                        visit(i, adj, m);
                     }
                 }
             }
         }
+        m.clear(g, adj);
         stopped.sort_by_key(|s| s.0);
-        Ok(Adjoint { grad, stopped })
+        Ok((grad, stopped))
+    }
+}
+
+/// The reverse step of node `i`: its adjoint, complete, flows to its operands (THEORY §2).
+#[allow(clippy::too_many_arguments)]
+fn adjoint_node(
+    g: &Graph,
+    vals: &[f64],
+    abs_index: &[u32],
+    adj: &mut Vec<f64>,
+    m: &mut Marks,
+    i: usize,
+    rules: &[AbsRule],
+    grad: &mut GradSink,
+    stopped: &mut Vec<(SwitchId, f64)>,
+) {
+    let node = &g.nodes()[i];
+    let (off, len) = (node.offset, node.len);
+    let slot = |id: NodeId| {
+        let n = g.node(id);
+        (n.offset, n.len)
+    };
+    match &node.op {
+        Op::Var { offset } => {
+            let xo = offset.wrapping_sub(off);
+            let adj = &*adj;
+            m.for_ranges(m.full[i], off, len, |a, b| match &mut *grad {
+                GradSink::Dense(d) => {
+                    for p in a..b {
+                        d[p.wrapping_add(xo)] += adj[p];
+                    }
+                }
+                GradSink::Entries(e) => e.extend(
+                    (a..b)
+                        .filter(|&p| adj[p] != 0.0)
+                        .map(|p| (p.wrapping_add(xo), adj[p])),
+                ),
+            });
+        }
+        Op::Const(_) => {}
+        Op::Add(a, b) | Op::Sub(a, b) => {
+            let ((oa, la), (ob, lb)) = (slot(*a), slot(*b));
+            let sb = if matches!(node.op, Op::Sub(..)) {
+                -1.0
+            } else {
+                1.0
+            };
+            for k in 0..len {
+                let l = adj[off + k];
+                adj[oa + bidx(la, k)] += l;
+                adj[ob + bidx(lb, k)] += sb * l;
+            }
+            m.mark(*a);
+            m.mark(*b);
+        }
+        Op::Mul(a, b) => {
+            let ((oa, la), (ob, lb)) = (slot(*a), slot(*b));
+            for k in 0..len {
+                let l = adj[off + k];
+                let (va, vb) = (vals[oa + bidx(la, k)], vals[ob + bidx(lb, k)]);
+                adj[oa + bidx(la, k)] += l * vb;
+                adj[ob + bidx(lb, k)] += l * va;
+            }
+            m.mark(*a);
+            m.mark(*b);
+        }
+        Op::Div(a, b) => {
+            let ((oa, la), (ob, lb)) = (slot(*a), slot(*b));
+            for k in 0..len {
+                let l = adj[off + k];
+                let vb = vals[ob + bidx(lb, k)];
+                let v = vals[off + k];
+                adj[oa + bidx(la, k)] += l / vb;
+                adj[ob + bidx(lb, k)] -= l * v / vb;
+            }
+            m.mark(*a);
+            m.mark(*b);
+        }
+        Op::Neg(a) => {
+            let (oa, _) = slot(*a);
+            for k in 0..len {
+                adj[oa + k] -= adj[off + k];
+            }
+            m.mark(*a);
+        }
+        Op::PowI(a, p) => {
+            let (oa, _) = slot(*a);
+            for k in 0..len {
+                let t = vals[oa + k];
+                adj[oa + k] += adj[off + k] * (*p as f64) * t.powi(p - 1);
+            }
+            m.mark(*a);
+        }
+        Op::Unary(f, a) => {
+            let (oa, _) = slot(*a);
+            for k in 0..len {
+                adj[oa + k] += adj[off + k] * smooth_deriv(*f, vals[oa + k], vals[off + k]);
+            }
+            m.mark(*a);
+        }
+        Op::Abs(a) => {
+            let an = &g.abs_nodes()[abs_index[i] as usize];
+            let (oa, _) = slot(*a);
+            let mut any = false;
+            for k in 0..len {
+                let l = adj[off + k];
+                if l == 0.0 {
+                    continue;
+                }
+                match rules[an.first_switch + k] {
+                    AbsRule::Factor(f) => {
+                        adj[oa + k] += l * f;
+                        any = true;
+                    }
+                    AbsRule::Stop => stopped.push((SwitchId(an.first_switch + k), l)),
+                }
+            }
+            if any {
+                m.mark(*a);
+            }
+        }
+        Op::MatVec { w, x, rows } => {
+            let ((ow, _), (ox, lx)) = (slot(*w), slot(*x));
+            let wdep = g.node(*w).depends;
+            let xdep = g.node(*x).depends;
+            if w != x {
+                // The slots of the output, W and x are disjoint: split the adjoint
+                // buffer so that both updates are plain (vectorized) axpys. Only the
+                // rows of W with a nonzero output adjoint are written (and marked).
+                let (lo, hi) = adj.split_at_mut(off);
+                let ladj = &hi[..*rows];
+                let (aw, ax) = disjoint_mut(lo, (ow, rows * lx), (ox, lx));
+                let xv = &vals[ox..ox + lx];
+                let mut any = false;
+                for (r, &l) in ladj.iter().enumerate() {
+                    if l == 0.0 {
+                        continue;
+                    }
+                    any = true;
+                    if wdep {
+                        axpy(l, xv, &mut aw[r * lx..(r + 1) * lx]);
+                        m.mark_range(*w, ow + r * lx, lx);
+                    }
+                    if xdep {
+                        axpy(l, &vals[ow + r * lx..ow + (r + 1) * lx], ax);
+                    }
+                }
+                if any && xdep {
+                    m.mark(*x);
+                }
+            } else {
+                for r in 0..*rows {
+                    let l = adj[off + r];
+                    if l == 0.0 {
+                        continue;
+                    }
+                    for j in 0..lx {
+                        adj[ow + r * lx + j] += l * vals[ox + j];
+                        adj[ox + j] += l * vals[ow + r * lx + j];
+                    }
+                }
+                if wdep {
+                    m.mark(*w);
+                }
+            }
+        }
+        Op::Sum(a) => {
+            let (oa, la) = slot(*a);
+            let l = adj[off];
+            for k in 0..la {
+                adj[oa + k] += l;
+            }
+            m.mark(*a);
+        }
+        Op::Gather(a, idx) => {
+            let (oa, _) = slot(*a);
+            for (k, &j) in idx.iter().enumerate() {
+                adj[oa + j] += adj[off + k];
+            }
+            m.mark(*a);
+        }
+        Op::Concat(parts) => {
+            let mut k = off;
+            for p in parts {
+                let (op_, lp) = slot(*p);
+                for t in 0..lp {
+                    adj[op_ + t] += adj[k + t];
+                }
+                k += lp;
+                m.mark(*p);
+            }
+        }
+        Op::LogSumExp(a) => {
+            let (oa, la) = slot(*a);
+            let l = adj[off];
+            let v = vals[off];
+            for k in 0..la {
+                adj[oa + k] += l * (vals[oa + k] - v).exp();
+            }
+            m.mark(*a);
+        }
+        Op::Conv { x, w, bias, spec } => {
+            for id in conv_reverse_at(g, vals, adj, off, *x, *w, *bias, spec) {
+                m.mark(id);
+            }
+        }
+    }
+}
+
+/// The reverse step of a group of matrix–vector nodes `out_s = W x_s` as two products: with
+/// L = [l_1 … l_B] the output adjoints, `adj W += L Xᵀ` and `adj X += Wᵀ L` (only the weight
+/// rows with a nonzero adjoint are marked as written).
+fn gemm_adjoint(g: &Graph, vals: &[f64], adj: &mut [f64], m: &mut Marks, members: &[usize]) {
+    let (w, rows, lx, slots) = group_slots(g, members);
+    let ow = g.node(w).offset;
+    let b = slots.len();
+    let mut ls = Vec::with_capacity(rows * b);
+    for &(_, oo) in &slots {
+        ls.extend_from_slice(&adj[oo..oo + rows]);
+    }
+    let lm = DMatrixView::from_slice(&ls, rows, b);
+    if g.node(w).depends {
+        let mut xs = Vec::with_capacity(lx * b);
+        for &(ox, _) in &slots {
+            xs.extend_from_slice(&vals[ox..ox + lx]);
+        }
+        let xt = DMatrixView::from_slice_with_strides(&xs, b, lx, lx, 1);
+        let mut aw = DMatrixViewMut::from_slice_with_strides_mut(
+            &mut adj[ow..ow + rows * lx],
+            rows,
+            lx,
+            lx,
+            1,
+        );
+        aw.gemm(1.0, &lm, &xt, 1.0);
+        for r in 0..rows {
+            if (0..b).any(|s| ls[s * rows + r] != 0.0) {
+                m.mark_range(w, ow + r * lx, lx);
+            }
+        }
+    }
+    let xdep: Vec<bool> = members
+        .iter()
+        .map(|&i| match &g.nodes()[i].op {
+            Op::MatVec { x, .. } => g.node(*x).depends,
+            _ => false,
+        })
+        .collect();
+    if xdep.iter().any(|&d| d) {
+        let wt = DMatrixView::from_slice_with_strides(&vals[ow..ow + rows * lx], lx, rows, 1, lx);
+        let mut ax = DMatrix::<f64>::zeros(lx, b);
+        ax.gemm(1.0, &wt, &lm, 0.0);
+        for (s, (&(ox, _), &i)) in slots.iter().zip(members).enumerate() {
+            if !xdep[s] || ls[s * rows..(s + 1) * rows].iter().all(|&l| l == 0.0) {
+                continue;
+            }
+            for (a, v) in adj[ox..ox + lx]
+                .iter_mut()
+                .zip(&ax.as_slice()[s * lx..(s + 1) * lx])
+            {
+                *a += v;
+            }
+            if let Op::MatVec { x, .. } = &g.nodes()[i].op {
+                m.mark(*x);
+            }
+        }
     }
 }
 
@@ -995,4 +1478,165 @@ fn conv_reverse_at(
         marked.push(b);
     }
     marked
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::anf::SparseRow;
+
+    /// Every sweep of one reused sweeper (so the partial clearing between sweeps is exercised)
+    /// gives, sparse, exactly the nonzeros of a dense sweep on fresh buffers.
+    fn sparse_equals_dense(g: &Graph, x: &[f64]) {
+        let ev = evaluate(g, x).unwrap();
+        let s = g.n_switches();
+        let mut seeds: Vec<Seed> = (0..s).map(|i| Seed::Switch(SwitchId(i))).collect();
+        seeds.push(Seed::Output);
+        let rule_sets: Vec<Vec<AbsRule>> = vec![
+            vec![AbsRule::Stop; s],
+            (0..s)
+                .map(|i| match i % 3 {
+                    0 => AbsRule::Stop,
+                    1 => AbsRule::Factor(1.0),
+                    _ => AbsRule::Factor(-0.5),
+                })
+                .collect(),
+        ];
+        let mut sw = ReverseSweeper::new(g, &ev);
+        for rules in &rule_sets {
+            for &seed in seeds.iter().chain(seeds.iter().rev()) {
+                let dense = ReverseSweeper::new(g, &ev).sweep(seed, rules).unwrap();
+                let sp = sw.sweep_sparse(seed, rules).unwrap();
+                let want = SparseRow::from_dense(&dense.grad);
+                assert_eq!(sp.idx, want.idx);
+                let bits = |v: &[f64]| v.iter().map(|c| c.to_bits()).collect::<Vec<_>>();
+                assert_eq!(bits(&sp.val), bits(&want.val));
+                assert_eq!(sp.stopped, dense.stopped);
+                let again = sw.sweep(seed, rules).unwrap();
+                assert_eq!(bits(&again.grad), bits(&dense.grad));
+            }
+        }
+    }
+
+    #[test]
+    fn sparse_sweeps_equal_dense_sweeps_on_programs() {
+        for (src, x) in [
+            ("vars x; u = abs(x); f = abs(x + 2*u) - 2*u", vec![0.0]),
+            (
+                "vars x, y; f = max(relu(x - y), abs(x*y)) + relu(-x)",
+                vec![0.0, 0.0],
+            ),
+            (
+                "vars a, b, c; f = tanh(relu(a + b) - relu(b - c)) * abs(c)",
+                vec![1.0, -1.0, 0.5],
+            ),
+        ] {
+            sparse_equals_dense(&crate::compile(src).unwrap().graph, &x);
+        }
+    }
+
+    #[test]
+    fn sparse_sweeps_equal_dense_sweeps_on_a_batched_network() {
+        // wide enough that weight rows span several chunks and straddle chunk borders
+        use crate::frontend::network::{Data, Layer, Loss, Network, Wrt};
+        let (k, r, batch) = (150, 30, 7);
+        let w = |rows: usize, cols: usize, s: usize| -> Vec<Vec<f64>> {
+            (0..rows)
+                .map(|i| {
+                    (0..cols)
+                        .map(|j| ((i * 31 + j * 17 + s) % 9) as f64 / 8.0 - 0.5)
+                        .collect()
+                })
+                .collect()
+        };
+        let mut inputs = w(batch, k, 5);
+        inputs[1] = inputs[0].clone();
+        let mut w1 = w(r, k, 1);
+        w1[2] = vec![0.0; k];
+        let net = Network {
+            layers: vec![
+                Layer::Dense {
+                    weights: w1,
+                    bias: (0..r)
+                        .map(|u| [0.0, 0.25, 0.0, -0.5, 0.125][u % 5])
+                        .collect(),
+                },
+                Layer::Relu,
+                Layer::Dense {
+                    weights: w(2, r, 3),
+                    bias: vec![0.0, 0.5],
+                },
+            ],
+            loss: Some(Loss::CrossEntropy),
+            data: Some(Data {
+                inputs,
+                targets: Some(
+                    (0..batch)
+                        .map(|s| vec![[1.0, 0.0, 0.5][s % 3], [0.0, 1.0, 0.5][s % 3]])
+                        .collect(),
+                ),
+            }),
+            wrt: Some(Wrt::Params),
+        };
+        let p = net.problem(None, None, None).unwrap();
+        assert!(
+            Schedule::new(&p.graph).is_some(),
+            "the first layer is batched"
+        );
+        sparse_equals_dense(&p.graph, p.point.as_ref().unwrap());
+        batched_equals_node_order(&p.graph, p.point.as_ref().unwrap());
+        let net = Network {
+            wrt: Some(Wrt::Inputs),
+            ..net
+        };
+        let p = net.problem(None, None, None).unwrap();
+        sparse_equals_dense(&p.graph, p.point.as_ref().unwrap());
+        batched_equals_node_order(&p.graph, p.point.as_ref().unwrap());
+    }
+
+    /// The batched schedule (products per layer) against the node-by-node evaluation and
+    /// sweep: values and magnitudes exactly (the data are dyadic, so every product is exact),
+    /// adjoints to rounding.
+    fn batched_equals_node_order(g: &Graph, x: &[f64]) {
+        let ev = evaluate(g, x).unwrap();
+        let mut seq = vec![0.0; g.total_len()];
+        for i in 0..g.nodes().len() {
+            eval_node(g, &mut seq, x, i).unwrap();
+        }
+        assert_eq!(ev.values, seq);
+        let mut mseq = vec![0.0; g.total_len()];
+        for i in 0..g.nodes().len() {
+            magnitude_node(g, &ev, &mut mseq, i);
+        }
+        assert_eq!(magnitudes(g, &ev), mseq);
+        let s = g.n_switches();
+        let rules: Vec<AbsRule> = (0..s)
+            .map(|i| match i % 3 {
+                0 => AbsRule::Stop,
+                1 => AbsRule::Factor(1.0),
+                _ => AbsRule::Factor(-0.5),
+            })
+            .collect();
+        let mut batched = ReverseSweeper::new(g, &ev);
+        assert!(batched.sched.is_some());
+        let mut plain = ReverseSweeper::new(g, &ev);
+        plain.sched = None;
+        let mut seeds: Vec<Seed> = (0..s).map(|i| Seed::Switch(SwitchId(i))).collect();
+        seeds.push(Seed::Output);
+        for seed in seeds {
+            let (a, b) = (
+                batched.sweep(seed, &rules).unwrap(),
+                plain.sweep(seed, &rules).unwrap(),
+            );
+            let scale = b.grad.iter().fold(1.0f64, |m, v| m.max(v.abs()));
+            for (u, v) in a.grad.iter().zip(&b.grad) {
+                assert!((u - v).abs() <= 1e-13 * scale, "{u} vs {v}");
+            }
+            assert_eq!(a.stopped.len(), b.stopped.len());
+            for (u, v) in a.stopped.iter().zip(&b.stopped) {
+                assert_eq!(u.0, v.0);
+                assert!((u.1 - v.1).abs() <= 1e-13 * scale);
+            }
+        }
+    }
 }

@@ -160,7 +160,7 @@ fn run(cli: Cli) -> Result<ExitCode, Error> {
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Verify(args) => {
-            let p = load(&args.src)?;
+            let mut p = load(&args.src)?;
             let x = point(&args.src, &p)?;
             let mut opts = VerifyOptions::new(Convention::parse(&args.convention)?);
             if let Some(gtext) = &args.gradient {
@@ -184,7 +184,11 @@ fn run(cli: Cli) -> Result<ExitCode, Error> {
             if args.write_gradient.is_some() {
                 opts.repair = kinkcheck::report::Repair::Always;
             }
-            let report = kinkcheck::verify(&p, &x, &opts)?;
+            // The report carries the variable names; move them instead of cloning one string
+            // per variable (`verify` reads nothing else from them).
+            let names = std::mem::take(&mut p.var_names);
+            let mut report = kinkcheck::verify(&p, &x, &opts)?;
+            report.variables = names;
             if let Some(path) = &args.write_gradient {
                 match &report.clarke_gradient {
                     Some(c) => {
@@ -202,9 +206,7 @@ fn run(cli: Cli) -> Result<ExitCode, Error> {
                 }
             }
             if args.src.json {
-                let text =
-                    serde_json::to_string(&report).map_err(|e| Error::input(e.to_string()))?;
-                emit(&format!("{text}\n"));
+                emit_json(&report)?;
             } else {
                 emit(&report.human());
             }
@@ -217,6 +219,20 @@ fn run(cli: Cli) -> Result<ExitCode, Error> {
 fn emit(text: &str) {
     let mut out = std::io::stdout().lock();
     let _ = out.write_all(text.as_bytes()).and_then(|_| out.flush());
+}
+
+/// Stream a JSON value to stdout through a buffer (the report of a large network holds
+/// hundreds of thousands of numbers and names); a closed pipe is not an error.
+fn emit_json<T: serde::Serialize>(value: &T) -> Result<(), Error> {
+    let mut out = std::io::BufWriter::with_capacity(1 << 16, std::io::stdout().lock());
+    let written = serde_json::to_writer(&mut out, value);
+    match written {
+        Err(e) if !e.is_io() => Err(Error::input(e.to_string())),
+        _ => {
+            let _ = out.write_all(b"\n").and_then(|_| out.flush());
+            Ok(())
+        }
+    }
 }
 
 fn main() -> ExitCode {

@@ -904,7 +904,12 @@ pub fn support_certificate(
             continue;
         }
         lps += 1;
-        let (margin, e) = space.strict_margin(data, &s).ok()?;
+        // under LIKQ every pattern is realized (Theorem A) and a linear solve gives the
+        // witness; the strict LP (k + 1 variables) is for the other cases
+        let (margin, e) = match space.likq_witness(data, &s) {
+            Some(w) => w,
+            None => space.strict_margin(data, &s).ok()?,
+        };
         if margin <= TAU_LP {
             return None;
         }

@@ -97,6 +97,59 @@ fn jacobi(a0: &DMatrix<f64>) -> (Vec<f64>, DMatrix<f64>) {
     ((0..n).map(|i| a[(i, i)]).collect(), v)
 }
 
+/// The Gram matrix G = J_α J_αᵀ of the sparse rows (THEORY §6.1, "sparse rows"), column by
+/// column: G = Σ_p J_α[:,p] J_α[:,p]ᵀ over the columns p that some row touches, at a cost of
+/// Σ_p nnz(column p)² instead of k² sparse merges. Columns are visited in ascending p, so every
+/// entry G_ij sums its products in the same order as the merge [`ActiveData::row_dot`] does
+/// (bitwise the same matrix).
+pub fn gram_matrix(data: &ActiveData) -> DMatrix<f64> {
+    let k = data.k();
+    let n = data.j.first().map_or(0, |r| r.len);
+    // column lists (CSC) of the rows: counts, then (row, value) pairs grouped by column
+    let mut start = vec![0u32; n + 1];
+    for row in &data.j {
+        for &p in &row.idx {
+            start[p + 1] += 1;
+        }
+    }
+    for p in 0..n {
+        start[p + 1] += start[p];
+    }
+    let nnz = start[n] as usize;
+    let mut fill = start.clone();
+    let mut rows = vec![0u32; nnz];
+    let mut vals = vec![0.0f64; nnz];
+    for (i, row) in data.j.iter().enumerate() {
+        for (&p, &v) in row.idx.iter().zip(&row.val) {
+            let at = fill[p] as usize;
+            rows[at] = i as u32;
+            vals[at] = v;
+            fill[p] += 1;
+        }
+    }
+    // lower triangle, row-major k×k (rows within a column are ascending)
+    let mut lower = vec![0.0f64; k * k];
+    for p in 0..n {
+        let (a, b) = (start[p] as usize, start[p + 1] as usize);
+        for x in a..b {
+            let (i, vi) = (rows[x] as usize, vals[x]);
+            let base = i * k;
+            for y in a..=x {
+                lower[base + rows[y] as usize] += vi * vals[y];
+            }
+        }
+    }
+    let mut gram = DMatrix::zeros(k, k);
+    for i in 0..k {
+        for j in 0..=i {
+            let v = lower[i * k + j];
+            gram[(i, j)] = v;
+            gram[(j, i)] = v;
+        }
+    }
+    gram
+}
+
 /// Relative threshold under which a singular value of J_α counts as zero for the rank.
 pub const RANK_TOL: f64 = 1e-7;
 /// Relative smallest singular value needed for LIKQ; between [`RANK_TOL`] and this value the
@@ -133,14 +186,7 @@ impl ReducedSpace {
                 singular: vec![],
             };
         }
-        let mut gram = DMatrix::zeros(k, k);
-        for i in 0..k {
-            for j in 0..=i {
-                let v = data.row_dot(i, j);
-                gram[(i, j)] = v;
-                gram[(j, i)] = v;
-            }
-        }
+        let gram = gram_matrix(data);
         let (evals, evecs) = sym_eigen(&gram);
         let mut order: Vec<usize> = (0..k).collect();
         order.sort_by(|&a, &b| evals[b].total_cmp(&evals[a]));
@@ -263,6 +309,37 @@ impl ReducedSpace {
             .collect()
     }
 
+    /// Under LIKQ, a witness of the sign pattern σ ∈ {±1}^k without a linear program (the
+    /// construction of Theorem A, THEORY §5.1): the rows u_i(σ) are independent, so R e = σ
+    /// (R the k×k matrix of the rows) has a solution, scaled to ‖e‖∞ = 1. Returns the strict
+    /// margin min_i σ_i u_i·e / ‖u_i‖∞ computed from the rows (a checked number, not an
+    /// assumption) and e; `None` when LIKQ fails or the margin is not above τ_lp.
+    pub fn likq_witness(&self, data: &ActiveData, sigma: &[f64]) -> Option<(f64, Vec<f64>)> {
+        if !self.likq() || self.k == 0 || self.r != self.k {
+            return None;
+        }
+        let rows = self.rows(data, sigma);
+        let k = self.k;
+        let m = DMatrix::from_fn(k, k, |i, c| rows[i][c]);
+        let rhs = nalgebra::DVector::from_column_slice(sigma);
+        let e = m.lu().solve(&rhs)?;
+        let scale = e.iter().fold(0.0f64, |a, v| a.max(v.abs()));
+        if !(scale.is_finite() && scale > 0.0) {
+            return None;
+        }
+        let e: Vec<f64> = e.iter().map(|v| v / scale).collect();
+        let mut margin = f64::INFINITY;
+        for i in 0..k {
+            let norm = lp::max_abs(&rows[i]);
+            if norm <= self.zero_tol() {
+                return None;
+            }
+            let v: f64 = rows[i].iter().zip(&e).map(|(a, b)| a * b).sum();
+            margin = margin.min(sigma[i] * v / norm);
+        }
+        (margin > TAU_LP).then_some((margin, e))
+    }
+
     /// Is the sign pattern σ ∈ {±1}^k PL-realized (strict LP margin above τ_lp)? Returns the
     /// margin and the reduced witness.
     pub fn strict_margin(
@@ -281,6 +358,45 @@ impl ReducedSpace {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn gram_by_columns_equals_row_merges() {
+        // sparse rows with overlapping and disjoint supports, non-dyadic values
+        let n = 40;
+        let rows: Vec<crate::anf::SparseRow> = (0..7)
+            .map(|i| {
+                let d: Vec<f64> = (0..n)
+                    .map(|p| {
+                        if (p * (i + 3) + i) % 5 < 2 {
+                            ((p * 7 + i * 13) % 11) as f64 / 3.0 - 1.7
+                        } else {
+                            0.0
+                        }
+                    })
+                    .collect();
+                crate::anf::SparseRow::from_dense(&d)
+            })
+            .collect();
+        let k = rows.len();
+        let data = ActiveData {
+            active: (0..k).map(crate::graph::SwitchId).collect(),
+            degenerate: vec![],
+            j: rows,
+            lhat: vec![vec![0.0; k]; k],
+            g0: vec![0.0; n],
+            bhat: vec![0.0; k],
+        };
+        let g = gram_matrix(&data);
+        for i in 0..k {
+            for j in 0..k {
+                // bitwise: same products, added in the same order
+                assert_eq!(
+                    g[(i, j)].to_bits(),
+                    data.row_dot(i.max(j), i.min(j)).to_bits()
+                );
+            }
+        }
+    }
 
     #[test]
     fn eigen_is_checked_and_repaired() {

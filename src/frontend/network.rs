@@ -222,6 +222,14 @@ pub struct Data {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
+struct FlatData {
+    inputs: Vec<Vec<f64>>,
+    #[serde(default)]
+    targets: Option<Vec<Vec<f64>>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct RawData {
     inputs: Vec<Value>,
     #[serde(default)]
@@ -290,6 +298,21 @@ fn flatten(v: &Value) -> Result<Vec<f64>, String> {
 impl Data {
     /// Parse a batch from JSON (`{"inputs": .., "targets": ..}`).
     pub fn from_json(text: &str) -> Result<Data, Error> {
+        // Fast path for the common flat form (one vector of numbers per sample), parsed
+        // straight into vectors; anything else (nested arrays, errors) takes the general
+        // path through `serde_json::Value`, which also words the error messages.
+        if let Ok(flat) = serde_json::from_str::<FlatData>(text) {
+            let rows_ok = |rows: &[Vec<f64>]| {
+                rows.iter()
+                    .all(|r| !r.is_empty() && r.iter().all(|v| v.is_finite()))
+            };
+            if rows_ok(&flat.inputs) && flat.targets.as_deref().is_none_or(rows_ok) {
+                return Ok(Data {
+                    inputs: flat.inputs,
+                    targets: flat.targets,
+                });
+            }
+        }
         serde_json::from_str(text).map_err(|e| err(format!("data: {e}")))
     }
 

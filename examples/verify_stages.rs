@@ -1,0 +1,104 @@
+//! Where the time of one `kinkcheck verify` goes: runs the stages of the command line one by
+//! one on a source (and batch), with a timer around each, then the whole `verify` and the JSON
+//! report, and prints a table (milliseconds, share of the sum).
+//!
+//! ```sh
+//! cargo run --release --example verify_stages -- model.onnx --data batch.json --loss cross_entropy
+//! ```
+//!
+//! (`tools/bench_mlp_vs_torch.py --keep DIR` writes such a model and batch.) The stages are
+//! those of [`kinkcheck::verify`] under the PyTorch convention; the `verify` line runs the real
+//! function once more, so it can be compared with the sum of the stages.
+
+use kinkcheck::anf::{ActiveData, Structure};
+use kinkcheck::eval::{self, Activity};
+use kinkcheck::frontend::{self, network::Loss};
+use kinkcheck::reduced::ReducedSpace;
+use kinkcheck::{analyze, Convention, VerifyOptions};
+use std::path::PathBuf;
+use std::time::Instant;
+
+fn main() -> Result<(), kinkcheck::Error> {
+    let mut args = std::env::args().skip(1);
+    let mut source = None;
+    let mut data = None;
+    let mut loss = None;
+    while let Some(a) = args.next() {
+        match a.as_str() {
+            "--data" => data = args.next().map(PathBuf::from),
+            "--loss" => loss = args.next(),
+            _ => source = Some(PathBuf::from(a)),
+        }
+    }
+    let source = source.ok_or_else(|| kinkcheck::Error::input("give a SOURCE"))?;
+    let loss: Option<Loss> = loss.as_deref().map(str::parse).transpose()?;
+    let mut rows: Vec<(&str, f64)> = vec![];
+    let mut t = Instant::now();
+    let mut lap = |name: &'static str, rows: &mut Vec<(&str, f64)>| {
+        rows.push((name, t.elapsed().as_secs_f64() * 1e3));
+        t = Instant::now();
+    };
+    let p = frontend::load(&source, data.as_deref(), None, loss)?;
+    lap("load (read, decode, lower)", &mut rows);
+    let x = p.point.clone().unwrap_or_default();
+    let g = &p.graph;
+    let ev = eval::evaluate(g, &x)?;
+    lap("evaluate", &mut rows);
+    let states = eval::switch_states(g, &ev, eval::TAU_ACT);
+    lap("switch states", &mut rows);
+    let conv = Convention::pytorch();
+    let grad = eval::ad(g, &ev, &states, &conv)?;
+    lap("AD vector (one reverse sweep)", &mut rows);
+    let z: Vec<f64> = states.iter().map(|s| s.z).collect();
+    let act: Vec<_> = states
+        .iter()
+        .filter(|s| s.activity == Activity::Active)
+        .map(|s| s.id)
+        .collect();
+    let data = ActiveData::compute(g, &ev, &z, &act)?;
+    lap("reduced active data (J_α, L̂, g0, b̂)", &mut rows);
+    let st = Structure::compute(g, &data.active);
+    lap("structure", &mut rows);
+    let space = ReducedSpace::new(&data);
+    lap("reduced space (Gram, eigen)", &mut rows);
+    let sigma: Vec<f64> = st.roles.iter().map(|&r| conv.sigma_tilde(r)).collect();
+    let a = analyze::analyze(&data, &space, &st, Some(&sigma), &Default::default());
+    lap("analyzer", &mut rows);
+    let cert = kinkcheck::pieces::support_certificate(&data, &space, &sigma, &grad, 64);
+    lap("weight-support certificate", &mut rows);
+    println!(
+        "support certificate: {:?}",
+        cert.as_ref().map(|c| (&c.reason, c.pieces.len()))
+    );
+    println!(
+        "LIKQ witness margin of σ̃: {:?}",
+        space.likq_witness(&data, &sigma).map(|w| w.0)
+    );
+    let sum: f64 = rows.iter().map(|r| r.1).sum();
+    let opts = VerifyOptions::new(conv);
+    let r = kinkcheck::verify(&p, &x, &opts)?;
+    lap("verify (whole, again)", &mut rows);
+    let text = serde_json::to_string(&r).map_err(|e| kinkcheck::Error::input(e.to_string()))?;
+    lap("JSON report", &mut rows);
+    println!(
+        "{} variables, {} switches, {} nodes, {} active, analyzer {:?}, |grad| {:.6}, JSON {:.1} MB",
+        g.n_vars(),
+        g.n_switches(),
+        g.nodes().len(),
+        data.k(),
+        a.by,
+        grad.iter().map(|v| v * v).sum::<f64>().sqrt(),
+        text.len() as f64 / 1e6
+    );
+    let nnz: Vec<usize> = data.j.iter().map(|r| r.idx.len()).collect();
+    println!(
+        "rows of J_α: {} nonzeros in all, largest row {}, {} rows over 10 000",
+        nnz.iter().sum::<usize>(),
+        nnz.iter().max().copied().unwrap_or(0),
+        nnz.iter().filter(|&&c| c > 10_000).count()
+    );
+    for (name, ms) in &rows {
+        println!("{name:<40} {ms:>9.2} ms  {:>5.1}%", 100.0 * ms / sum);
+    }
+    Ok(())
+}
