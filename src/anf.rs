@@ -418,7 +418,7 @@ impl Structure {
             pos.insert(*s, i);
         }
         let relations = g
-            .relations()
+            .relations_among(active)
             .into_iter()
             .filter_map(|r| Some((*pos.get(&r.a)?, *pos.get(&r.b)?, r.kind)))
             .collect();
