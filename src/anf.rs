@@ -261,23 +261,24 @@ impl ActiveData {
         let k = active.len();
         let mut sw = ReverseSweeper::new(g, ev);
         let mut j = Vec::with_capacity(k);
-        let mut lhat = vec![vec![0.0; k]; k];
-        for (r, &s) in active.iter().enumerate() {
+        // L̂ rows are kept sparse (the entries a sweep stopped at) until the degenerate switches
+        // are gone: a max-pool over dead relu units has thousands of exact ties whose rows are
+        // all zero, and a dense k × k L̂ over them would not fit in memory.
+        let mut lhat_rows: Vec<Vec<(usize, f64)>> = Vec::with_capacity(k);
+        for &s in active {
             let adj = sw.sweep_sparse(Seed::Switch(s), &rules)?;
             j.push(SparseRow {
                 len: g.n_vars(),
                 idx: adj.idx,
                 val: adj.val,
             });
-            for (t, v) in adj.stopped {
-                lhat[r][pos[t.0]] = v;
-            }
+            lhat_rows.push(adj.stopped.iter().map(|&(t, v)| (pos[t.0], v)).collect());
         }
         let out = sw.sweep(Seed::Output, &rules)?;
         let finite = |v: &[f64]| v.iter().all(|c| c.is_finite());
         if !finite(&out.grad)
             || j.iter().any(|r| !finite(&r.val))
-            || lhat.iter().any(|r| !finite(r))
+            || lhat_rows.iter().flatten().any(|(_, v)| !v.is_finite())
         {
             return Err(EvalError::Undefined {
                 place: "abs-normal form".into(),
@@ -288,16 +289,40 @@ impl ActiveData {
         for (t, v) in out.stopped {
             bhat[pos[t.0]] = v;
         }
-        let mut data = ActiveData {
-            active: active.to_vec(),
-            degenerate: vec![],
-            j,
+        // Degenerate switches (THEORY §4): a zero row of J_α whose L̂ row only refers to
+        // switches that are themselves degenerate. L̂ is strictly lower, so one pass in
+        // evaluation order decides them all.
+        let mut degen = vec![false; k];
+        for i in 0..k {
+            degen[i] = j[i].is_zero() && lhat_rows[i].iter().all(|&(t, v)| v == 0.0 || degen[t]);
+        }
+        let keep: Vec<usize> = (0..k).filter(|&i| !degen[i]).collect();
+        let mut new_pos = vec![usize::MAX; k];
+        for (q, &i) in keep.iter().enumerate() {
+            new_pos[i] = q;
+        }
+        let mut lhat = vec![vec![0.0; keep.len()]; keep.len()];
+        for (q, &i) in keep.iter().enumerate() {
+            for &(t, v) in &lhat_rows[i] {
+                if new_pos[t] != usize::MAX {
+                    lhat[q][new_pos[t]] = v;
+                }
+            }
+        }
+        let mut j_kept = Vec::with_capacity(keep.len());
+        for (i, row) in j.into_iter().enumerate() {
+            if !degen[i] {
+                j_kept.push(row);
+            }
+        }
+        Ok(ActiveData {
+            active: keep.iter().map(|&i| active[i]).collect(),
+            degenerate: (0..k).filter(|&i| degen[i]).map(|i| active[i]).collect(),
+            j: j_kept,
             lhat,
             g0: out.grad,
-            bhat,
-        };
-        data.remove_degenerate();
-        Ok(data)
+            bhat: keep.iter().map(|&i| bhat[i]).collect(),
+        })
     }
 
     /// Number of active switches k.
@@ -327,34 +352,6 @@ impl ActiveData {
     /// `J_α[i] · w` for a dense w.
     pub fn row_dot_dense(&self, i: usize, w: &[f64]) -> f64 {
         self.j[i].entries().map(|(p, v)| v * w[p]).sum()
-    }
-
-    /// Drop switches with ż ≡ 0 on every piece: a zero row of J_α whose L̂ row only refers to
-    /// switches that are themselves degenerate (THEORY §4, "degenerate switches").
-    fn remove_degenerate(&mut self) {
-        let k = self.active.len();
-        let mut degen = vec![false; k];
-        for i in 0..k {
-            degen[i] = self.j[i].is_zero() && (0..k).all(|t| self.lhat[i][t] == 0.0 || degen[t]);
-        }
-        if !degen.iter().any(|&d| d) {
-            return;
-        }
-        let keep: Vec<usize> = (0..k).filter(|&i| !degen[i]).collect();
-        self.degenerate = (0..k)
-            .filter(|&i| degen[i])
-            .map(|i| self.active[i])
-            .collect();
-        self.active = keep.iter().map(|&i| self.active[i]).collect();
-        self.j = keep
-            .iter()
-            .map(|&i| std::mem::take(&mut self.j[i]))
-            .collect();
-        self.lhat = keep
-            .iter()
-            .map(|&i| keep.iter().map(|&t| self.lhat[i][t]).collect())
-            .collect();
-        self.bhat = keep.iter().map(|&i| self.bhat[i]).collect();
     }
 
     /// Switch gradients ż_α(σ̃) = (I − L̂Σ̃)⁻¹J_α by forward substitution, for any σ̃ ∈ [−1,1]^α.
@@ -421,7 +418,7 @@ impl Structure {
             pos.insert(*s, i);
         }
         let relations = g
-            .relations()
+            .relations_among(active)
             .into_iter()
             .filter_map(|r| Some((*pos.get(&r.a)?, *pos.get(&r.b)?, r.kind)))
             .collect();

@@ -99,6 +99,7 @@ fn smooth_value(f: Smooth, t: f64) -> f64 {
         Smooth::Softplus => softplus(t),
         Smooth::Sin => t.sin(),
         Smooth::Cos => t.cos(),
+        Smooth::Erf => erf(t),
     }
 }
 
@@ -113,7 +114,40 @@ fn smooth_deriv(f: Smooth, t: f64, v: f64) -> f64 {
         Smooth::Softplus => sigmoid(t),
         Smooth::Sin => t.cos(),
         Smooth::Cos => -t.sin(),
+        Smooth::Erf => std::f64::consts::FRAC_2_SQRT_PI * (-t * t).exp(),
     }
+}
+
+/// The error function, to a few units in the last place: for |t| < 3 the series
+/// erf(t) = (2/√π) e^(−t²) Σ_{n≥0} 2ⁿ t^(2n+1) / (1·3·5···(2n+1)), whose terms are all
+/// positive (no cancellation); beyond, 1 − erfc(t) with the continued fraction
+/// erfc(t) = (e^(−t²)/√π) / (t + (1/2)/(t + 1/(t + (3/2)/(t + 2/(t + …))))).
+pub fn erf(t: f64) -> f64 {
+    if t.is_nan() || t == 0.0 {
+        return t;
+    }
+    let a = t.abs();
+    let r = if a < 3.0 {
+        let a2 = a * a;
+        let (mut term, mut sum) = (a, a);
+        for n in 1..400 {
+            term *= 2.0 * a2 / (2 * n + 1) as f64;
+            sum += term;
+            if term <= 1e-17 * sum {
+                break;
+            }
+        }
+        std::f64::consts::FRAC_2_SQRT_PI * (-a2).exp() * sum
+    } else if a < 6.5 {
+        let mut f = a;
+        for n in (1..=120).rev() {
+            f = a + (n as f64 / 2.0) / f;
+        }
+        1.0 - (-a * a).exp() / (std::f64::consts::PI.sqrt() * f)
+    } else {
+        1.0
+    };
+    r.copysign(t)
 }
 
 /// Evaluate every node at `x`. Fails with a message naming the place when a value is

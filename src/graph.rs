@@ -46,6 +46,8 @@ pub enum Smooth {
     Softplus,
     Sin,
     Cos,
+    /// The error function erf (ONNX `Erf`, exact `Gelu`).
+    Erf,
 }
 
 impl Smooth {
@@ -60,6 +62,7 @@ impl Smooth {
             Smooth::Softplus => "softplus",
             Smooth::Sin => "sin",
             Smooth::Cos => "cos",
+            Smooth::Erf => "erf",
         }
     }
 }
@@ -967,6 +970,38 @@ impl Graph {
         }
         out
     }
+
+    /// The structural relations among the switches `among` only (ascending ids), each related
+    /// to the first switch of `among` with the same canonical argument. Equal to
+    /// [`Self::relations`] restricted to `among` when the first switch of every class is in
+    /// `among` (always the case for the active set: identical and opposite switches have the
+    /// same |z|), and costs O(|among|) instead of a pass over every switch of the graph.
+    pub fn relations_among(&self, among: &[SwitchId]) -> Vec<Relation> {
+        let mut first: HashMap<(CanonKey, usize), (SwitchId, i8)> = HashMap::new();
+        let mut canon_of: HashMap<usize, (CanonKey, i8)> = HashMap::new();
+        let mut out = Vec::new();
+        for &sid in among {
+            let (k, e) = self.switch_location(sid);
+            let (key, sign) = *canon_of
+                .entry(k)
+                .or_insert_with(|| self.canon(self.abs[k].arg));
+            match first.get(&(key, e)) {
+                Some(&(a, s)) => out.push(Relation {
+                    a,
+                    b: sid,
+                    kind: if s == sign {
+                        RelationKind::Identical
+                    } else {
+                        RelationKind::Opposite
+                    },
+                }),
+                None => {
+                    first.insert((key, e), (sid, sign));
+                }
+            }
+        }
+        out
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -1038,6 +1073,16 @@ mod tests {
                 (3, 4, RelationKind::Opposite)
             ]
         );
+        // restricted to a subset: the same relations among its members, nothing else
+        let all: Vec<SwitchId> = (0..5).map(SwitchId).collect();
+        assert_eq!(g.relations_among(&all), r);
+        let some = [SwitchId(1), SwitchId(2), SwitchId(4)];
+        let kinds: Vec<_> = g
+            .relations_among(&some)
+            .iter()
+            .map(|r| (r.a.0, r.b.0, r.kind))
+            .collect();
+        assert_eq!(kinds, vec![(1, 2, RelationKind::Identical)]);
     }
 
     #[test]

@@ -64,6 +64,10 @@ struct SourceArgs {
     /// The per-sample loss: mse, l1, hinge, cross_entropy or none (networks and ONNX models).
     #[arg(long, value_name = "NAME")]
     loss: Option<String>,
+    /// ONNX `Clip` with two bounds: `hardtanh` (default; nn.Hardtanh/nn.ReLU6, derivative 0
+    /// at a bound) or `clamp` (torch.clamp, derivative 1 at a bound).
+    #[arg(long, value_name = "clamp|hardtanh")]
+    clip: Option<String>,
     /// Print JSON on stdout.
     #[arg(long)]
     json: bool,
@@ -120,13 +124,16 @@ fn parse_numbers(text: &str, what: &str) -> Result<Vec<f64>, Error> {
 fn load(src: &SourceArgs) -> Result<Problem, Error> {
     let wrt: Option<Wrt> = src.wrt.as_deref().map(str::parse).transpose()?;
     let loss: Option<Loss> = src.loss.as_deref().map(str::parse).transpose()?;
-    let network_flags = src.data.is_some() || wrt.is_some() || loss.is_some();
+    let clip: Option<frontend::onnx::ClipRule> = src.clip.as_deref().map(str::parse).transpose()?;
+    let network_flags = src.data.is_some() || wrt.is_some() || loss.is_some() || clip.is_some();
     match (&src.expr, &src.source) {
         (Some(_), _) if network_flags => Err(Error::input(
-            "--data, --wrt and --loss apply to network descriptions (.json) and ONNX models (.onnx) only",
+            "--data, --wrt and --loss apply to network descriptions (.json) and ONNX models (.onnx) only (and --clip to ONNX models)",
         )),
         (Some(text), _) => kinkcheck::compile(text),
-        (None, Some(path)) => frontend::load(path, src.data.as_deref(), wrt, loss),
+        (None, Some(path)) => {
+            frontend::load_with(path, src.data.as_deref(), wrt, loss, clip.unwrap_or_default())
+        }
         (None, None) => Err(Error::input("give a SOURCE file or --expr 'TEXT'")),
     }
 }

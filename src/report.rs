@@ -194,6 +194,10 @@ pub struct Report {
     /// The value f(x̂) and the number of switches s.
     pub value: f64,
     pub switches: usize,
+    /// Modelling assumptions the verdict rests on, one line each (always present, possibly
+    /// empty): the rule used for every ONNX `Clip` node with an active switch (CONTRACT §2,
+    /// `--clip`).
+    pub assumptions: Vec<String>,
 }
 
 /// LP budget of the reporting-only enumeration after a guaranteed IN (k ≤ 12 switches, at most
@@ -480,7 +484,38 @@ pub fn verify(problem: &Problem, point: &[f64], opts: &VerifyOptions) -> Result<
         variables: problem.var_names.clone(),
         value: ev.output(g)?,
         switches: g.n_switches(),
+        assumptions: clip_assumptions(g, &states),
     })
+}
+
+/// One line per ONNX `Clip` node (by name, over all samples) that has an active or
+/// near-active switch: which PyTorch operator's rule at a bound was assumed.
+fn clip_assumptions(g: &Graph, states: &[SwitchState]) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for s in states.iter().filter(|s| s.activity != Activity::Inactive) {
+        let (k, _) = g.switch_location(s.id);
+        let an = &g.abs_nodes()[k];
+        let crate::graph::Origin::OnnxNode { name, .. } = &an.origin else {
+            continue;
+        };
+        let rule = match an.role {
+            crate::graph::Role::ClampLo | crate::graph::Role::ClampHi => {
+                "clamp rule (derivative 1 at a bound; --clip hardtanh for nn.Hardtanh/nn.ReLU6, and torch.clamp with number bounds in torch 2.15)"
+            }
+            crate::graph::Role::HardtanhLo
+            | crate::graph::Role::HardtanhHi
+            | crate::graph::Role::Relu6Lo
+            | crate::graph::Role::Relu6Hi => {
+                "hardtanh rule (derivative 0 at a bound, as nn.Hardtanh, nn.ReLU6 and torch.clamp with number bounds in torch 2.15; --clip clamp for derivative 1)"
+            }
+            _ => continue,
+        };
+        let line = format!("ONNX Clip node '{name}' has an active switch: {rule}");
+        if !out.contains(&line) {
+            out.push(line);
+        }
+    }
+    out
 }
 
 /// Most entries (varying coordinates × pieces) of the exact ∞-norm hull LP in R^n; above it
@@ -739,6 +774,9 @@ impl Report {
             self.convention,
             fmt_vec(&self.gradient)
         );
+        for a in &self.assumptions {
+            let _ = writeln!(s, "assumption: {a}");
+        }
         if self.active.is_empty() {
             let _ = writeln!(s, "no switch is at a kink: f is differentiable here");
         } else {

@@ -300,20 +300,20 @@ def external():
 
 
 def unsupported_op():
-    w = f32([[[1.0, -1.0]]])  # Conv weight: out_ch x in_ch x k
+    """Floor is not supported (discontinuous); the lowering must name it and its node."""
     g = helper.make_graph(
         [
-            helper.make_node("Conv", ["x", "W"], ["c"], name="conv1", kernel_shape=[2]),
+            helper.make_node("Floor", ["x"], ["c"], name="floor1"),
             helper.make_node("Relu", ["c"], ["y"], name="relu"),
         ],
         "unsupported_op",
-        [inp("x", [BATCH, 1, 4])],
-        [inp("y", [BATCH, 1, 3])],
-        [init("W", w)],
+        [inp("x", [BATCH, 4])],
+        [inp("y", [BATCH, 4])],
+        [],
     )
     m = model(g)
-    x = f32([[[1.0, 3.0, -2.0, 0.5]]])
-    check_runs(m, {"x": x}, relu(x[:, :, :-1] - x[:, :, 1:]))
+    x = f32([[1.5, 3.0, -2.25, 0.5]])
+    check_runs(m, {"x": x}, relu(np.floor(x)))
     return m
 
 

@@ -66,6 +66,38 @@ pub fn load(
     wrt: Option<Wrt>,
     loss: Option<Loss>,
 ) -> Result<Problem, Error> {
+    load_with(path, data, wrt, loss, onnx::ClipRule::default())
+}
+
+/// [`load`] with the rule for ONNX `Clip` nodes (`--clip`, CONTRACT §2; ignored for other
+/// sources). ONNX tensors stored as external data are read from the model's folder.
+///
+/// ```
+/// use kinkcheck::{frontend, frontend::onnx::ClipRule, report::Verdict, Convention, VerifyOptions};
+/// use std::path::Path;
+/// let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/torch");
+/// // a small CNN exported by torch.onnx.export (Conv, ReLU, MaxPool, Flatten, Gemm) with a
+/// // batch whose planted kinks are exactly active; PyTorch's gradient wrt the parameters
+/// let p = frontend::load_with(
+///     &dir.join("lenet_classic.onnx"),
+///     Some(&dir.join("lenet_data.json")),
+///     None,
+///     None,
+///     ClipRule::Hardtanh,
+/// )
+/// .unwrap();
+/// let x = p.point.clone().unwrap();
+/// let r = kinkcheck::verify(&p, &x, &VerifyOptions::new(Convention::pytorch())).unwrap();
+/// assert!(r.active.len() > 0);
+/// assert_ne!(r.verdict, Verdict::Out);
+/// ```
+pub fn load_with(
+    path: &Path,
+    data: Option<&Path>,
+    wrt: Option<Wrt>,
+    loss: Option<Loss>,
+    clip: onnx::ClipRule,
+) -> Result<Problem, Error> {
     let data = match data {
         Some(d) => Some(Data::from_json(&read_text(d)?).map_err(|e| at_path(d, e))?),
         None => None,
@@ -84,14 +116,19 @@ pub fn load(
         "onnx" => {
             let bytes = std::fs::read(path)
                 .map_err(|e| Error::input(format!("cannot read {}: {e}", path.display())))?;
-            let model = onnx_proto::decode(&bytes).map_err(|e| at_path(path, e.into()))?;
+            let base = match path.parent() {
+                Some(p) if !p.as_os_str().is_empty() => p,
+                _ => Path::new("."),
+            };
+            let model = onnx_proto::decode_with_base(&bytes, Some(base))
+                .map_err(|e| at_path(path, e.into()))?;
             let data = data.ok_or_else(|| {
                 Error::input(format!(
                     "{}: ONNX models need a batch: give --data FILE",
                     path.display()
                 ))
             })?;
-            onnx::problem(&model, &data, wrt, loss).map_err(|e| at_path(path, e))
+            onnx::problem_with(&model, &data, wrt, loss, clip).map_err(|e| at_path(path, e))
         }
         _ => {
             if data.is_some() || wrt.is_some() || loss.is_some() {
@@ -103,4 +140,20 @@ pub fn load(
             compile(&text).map_err(|e| Error::input(format!("{}:{e}", path.display())))
         }
     }
+}
+
+/// Lower the bytes of an ONNX model (for callers that hold the file in memory, such as the
+/// Python package) over the batch `data`. Tensors stored as external data are read from
+/// `base_dir`, the folder the model came from; without it, external data is an input error.
+/// `wrt`, `loss` and `clip` as in [`load_with`].
+pub fn load_onnx_bytes(
+    bytes: &[u8],
+    base_dir: Option<&Path>,
+    data: &Data,
+    wrt: Option<Wrt>,
+    loss: Option<Loss>,
+    clip: onnx::ClipRule,
+) -> Result<Problem, Error> {
+    let model = onnx_proto::decode_with_base(bytes, base_dir)?;
+    onnx::problem_with(&model, data, wrt, loss, clip)
 }

@@ -465,11 +465,26 @@ pub enum OnnxError {
     /// The bytes decode, but contain no graph (e.g. an empty or unrelated file).
     #[error("not an ONNX model: it has no graph")]
     MissingGraph,
-    /// A tensor's data lives in a separate file.
-    #[error("tensor '{tensor}' uses external data, which is not supported")]
+    /// A tensor's data lives in a separate file, but the model was decoded from bytes
+    /// without a base folder ([`decode_with_base`] with `None`).
+    #[error(
+        "tensor '{tensor}' uses external data, which needs the model's folder (load the model \
+         from a file, or give a base folder)"
+    )]
     ExternalData {
         /// Tensor name.
         tensor: String,
+    },
+    /// A tensor's external data reference is invalid, unsafe or unreadable: a location that
+    /// is absolute, contains `..`, or resolves (also through symbolic links) outside the
+    /// model's folder; a missing or malformed `location`/`offset`/`length`; a length that
+    /// does not match the tensor's dims; a file too short.
+    #[error("tensor '{tensor}': external data {msg}")]
+    ExternalDataInvalid {
+        /// Tensor name.
+        tensor: String,
+        /// What is wrong, one line.
+        msg: String,
     },
     /// A tensor's element type is not FLOAT, DOUBLE, INT32 or INT64.
     #[error(
@@ -736,16 +751,36 @@ impl Model {
 }
 
 /// Read and decode the ONNX file at `path`.
+///
+/// Tensors stored as external data (`data_location = EXTERNAL`, as `torch.onnx.export`
+/// writes them to `model.onnx.data`) are read from files in the model's folder.
 pub fn load(path: &Path) -> Result<Model, OnnxError> {
     let bytes = std::fs::read(path).map_err(|source| OnnxError::Io {
         path: path.to_path_buf(),
         source,
     })?;
-    decode(&bytes)
+    let base = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    decode_with_base(&bytes, Some(&base))
 }
 
-/// Decode the bytes of an ONNX file (a serialized `ModelProto`).
+/// Decode the bytes of an ONNX file (a serialized `ModelProto`). A tensor stored as
+/// external data is an error ([`OnnxError::ExternalData`]); use [`decode_with_base`] to
+/// read it from a folder.
 pub fn decode(bytes: &[u8]) -> Result<Model, OnnxError> {
+    decode_with_base(bytes, None)
+}
+
+/// Decode the bytes of an ONNX file whose external data (if any) live in the folder
+/// `base`, the folder of the model file. Each external tensor's `location` must be a
+/// relative path without `..` that resolves, after following symbolic links, inside
+/// `base`; `offset` (default 0) and `length` (default: the rest of the file) select its
+/// bytes, which must be exactly the little-endian values its dims require. With
+/// `base = None` external data is an error.
+pub fn decode_with_base(bytes: &[u8], base: Option<&Path>) -> Result<Model, OnnxError> {
+    let ext = External::new(base);
     let model = proto::ModelProto::decode(bytes).map_err(OnnxError::Decode)?;
     let ir_version = model.ir_version.unwrap_or(0);
     let opset_version = model
@@ -759,7 +794,7 @@ pub fn decode(bytes: &[u8]) -> Result<Model, OnnxError> {
     let initializers = graph
         .initializer
         .iter()
-        .map(|t| convert_tensor(t, t.name.clone().unwrap_or_default()))
+        .map(|t| convert_tensor(t, t.name.clone().unwrap_or_default(), &ext))
         .collect::<Result<Vec<_>, _>>()?;
     let init_names: HashSet<&str> = initializers.iter().map(|t| t.name.as_str()).collect();
 
@@ -774,7 +809,7 @@ pub fn decode(bytes: &[u8]) -> Result<Model, OnnxError> {
     let mut nodes = Vec::with_capacity(graph.node.len());
     let mut constants = Vec::new();
     for (index, n) in graph.node.iter().enumerate() {
-        let node = convert_node(n, index)?;
+        let node = convert_node(n, index, &ext)?;
         match fold_constant(&node) {
             Some(tensor) => constants.push(tensor?),
             None => nodes.push(node),
@@ -822,7 +857,7 @@ fn convert_value_info(v: &proto::ValueInfoProto) -> ValueInfo {
     }
 }
 
-fn convert_node(n: &proto::NodeProto, index: usize) -> Result<Node, OnnxError> {
+fn convert_node(n: &proto::NodeProto, index: usize, ext: &External) -> Result<Node, OnnxError> {
     let mut node = Node {
         name: n.name.clone().unwrap_or_default(),
         op_type: n.op_type.clone().unwrap_or_default(),
@@ -834,7 +869,7 @@ fn convert_node(n: &proto::NodeProto, index: usize) -> Result<Node, OnnxError> {
     };
     for a in &n.attribute {
         let name = a.name.clone().unwrap_or_default();
-        let value = convert_attr_value(a, &node, &name)?;
+        let value = convert_attr_value(a, &node, &name, ext)?;
         node.attributes.push(Attribute { name, value });
     }
     Ok(node)
@@ -844,6 +879,7 @@ fn convert_attr_value(
     a: &proto::AttributeProto,
     node: &Node,
     attr_name: &str,
+    ext: &External,
 ) -> Result<AttrValue, OnnxError> {
     // IR version 1 files have no `type`; infer it from the field that is set.
     let ty = match a.r#type.and_then(|t| AttributeType::try_from(t).ok()) {
@@ -875,7 +911,7 @@ fn convert_attr_value(
                     (_, [out]) if node.op_type == "Constant" => out.clone(),
                     _ => format!("{}.{}", node.display_name(), attr_name),
                 };
-                AttrValue::Tensor(convert_tensor(t, name)?)
+                AttrValue::Tensor(convert_tensor(t, name, ext)?)
             }
             None => AttrValue::Other,
         },
@@ -916,10 +952,137 @@ fn fold_constant(node: &Node) -> Option<Result<Tensor, OnnxError>> {
     }))
 }
 
-fn convert_tensor(t: &proto::TensorProto, name: String) -> Result<Tensor, OnnxError> {
-    if t.data_location == Some(DataLocation::External as i32) || !t.external_data.is_empty() {
-        return Err(OnnxError::ExternalData { tensor: name });
+/// Where external tensor data may be read from: the canonical model folder, if known, and
+/// the external files read so far (a model usually keeps all tensors in one file).
+struct External {
+    base: Option<PathBuf>,
+    files: std::cell::RefCell<std::collections::HashMap<PathBuf, std::rc::Rc<Vec<u8>>>>,
+}
+
+impl External {
+    fn new(base: Option<&Path>) -> Self {
+        External {
+            base: base.map(Path::to_path_buf),
+            files: Default::default(),
+        }
     }
+
+    /// The bytes of the external tensor `name` described by `entries`.
+    fn read(
+        &self,
+        name: &str,
+        entries: &[proto::StringStringEntryProto],
+    ) -> Result<Vec<u8>, OnnxError> {
+        let bad = |msg: String| OnnxError::ExternalDataInvalid {
+            tensor: name.to_string(),
+            msg,
+        };
+        let Some(base) = &self.base else {
+            return Err(OnnxError::ExternalData {
+                tensor: name.to_string(),
+            });
+        };
+        let get = |key: &str| {
+            entries
+                .iter()
+                .find(|e| e.key.as_deref() == Some(key))
+                .and_then(|e| e.value.as_deref())
+        };
+        let location = get("location").ok_or_else(|| bad("has no 'location'".into()))?;
+        let number = |key: &str| -> Result<Option<usize>, OnnxError> {
+            match get(key) {
+                None => Ok(None),
+                Some(v) => v
+                    .trim()
+                    .parse::<usize>()
+                    .map(Some)
+                    .map_err(|_| bad(format!("'{key}' = '{v}' is not a non-negative integer"))),
+            }
+        };
+        let offset = number("offset")?.unwrap_or(0);
+        let length = number("length")?;
+        let rel = Path::new(location);
+        if location.is_empty()
+            || rel.is_absolute()
+            || rel.has_root()
+            || rel.components().any(|c| {
+                !matches!(
+                    c,
+                    std::path::Component::Normal(_) | std::path::Component::CurDir
+                )
+            })
+        {
+            return Err(bad(format!(
+                "location '{location}' must be a relative path inside the model's folder \
+                 (no '..', not absolute)"
+            )));
+        }
+        let canon_base = base.canonicalize().map_err(|e| {
+            bad(format!(
+                "folder '{}' cannot be resolved: {e}",
+                base.display()
+            ))
+        })?;
+        let file = canon_base
+            .join(rel)
+            .canonicalize()
+            .map_err(|e| bad(format!("file '{location}' cannot be read: {e}")))?;
+        if !file.starts_with(&canon_base) {
+            return Err(bad(format!(
+                "location '{location}' resolves outside the model's folder"
+            )));
+        }
+        let bytes = {
+            let mut files = self.files.borrow_mut();
+            match files.get(&file) {
+                Some(b) => b.clone(),
+                None => {
+                    let b = std::rc::Rc::new(
+                        std::fs::read(&file)
+                            .map_err(|e| bad(format!("file '{location}' cannot be read: {e}")))?,
+                    );
+                    files.insert(file.clone(), b.clone());
+                    b
+                }
+            }
+        };
+        let end = match length {
+            Some(l) => offset.checked_add(l),
+            None => Some(bytes.len().max(offset)),
+        };
+        match end {
+            Some(end) if end <= bytes.len() => Ok(bytes[offset..end].to_vec()),
+            _ => Err(bad(format!(
+                "file '{location}' has {} bytes, too short for offset {offset} and length {}",
+                bytes.len(),
+                length.map_or("(rest)".to_string(), |l| l.to_string())
+            ))),
+        }
+    }
+}
+
+fn convert_tensor(
+    t: &proto::TensorProto,
+    name: String,
+    ext: &External,
+) -> Result<Tensor, OnnxError> {
+    if t.data_location == Some(DataLocation::External as i32) || !t.external_data.is_empty() {
+        let external_raw = proto::TensorProto {
+            raw_data: Some(ext.read(&name, &t.external_data)?),
+            external_data: vec![],
+            data_location: None,
+            ..t.clone()
+        };
+        return convert_tensor_data(&external_raw, name, true);
+    }
+    convert_tensor_data(t, name, false)
+}
+
+fn convert_tensor_data(
+    t: &proto::TensorProto,
+    name: String,
+    external: bool,
+) -> Result<Tensor, OnnxError> {
     let data_type = t.data_type.unwrap_or(0);
     let elem_type = match DataType::try_from(data_type) {
         Ok(DataType::Float) => ElemType::Float,
@@ -969,6 +1132,16 @@ fn convert_tensor(t: &proto::TensorProto, name: String) -> Result<Tensor, OnnxEr
         Some(raw) if !raw.is_empty() || typed_len == 0 => {
             let width = elem_type.byte_width();
             let expected = count * width;
+            if raw.len() != expected && external {
+                return Err(OnnxError::ExternalDataInvalid {
+                    tensor: name,
+                    msg: format!(
+                        "has {} bytes but dims {dims:?} of {} need {expected}",
+                        raw.len(),
+                        elem_type.proto_name()
+                    ),
+                });
+            }
             if raw.len() != expected {
                 return Err(OnnxError::RawDataLength {
                     tensor: name,
@@ -1338,19 +1511,18 @@ mod tests {
         assert!(matches!(&e, OnnxError::ExternalData { tensor } if tensor == "W"));
         assert_eq!(
             e.to_string(),
-            "tensor 'W' uses external data, which is not supported"
+            "tensor 'W' uses external data, which needs the model's folder (load the model from a file, or give a base folder)"
         );
     }
 
     #[test]
     fn unsupported_op_still_decodes() {
         let m = fixture("unsupported_op.onnx");
-        assert_eq!(op_types(&m), ["Conv", "Relu"]);
-        assert_eq!(m.nodes[0].display_name(), "conv1");
-        assert_eq!(m.nodes[0].attr_ints("kernel_shape"), Some(&[2][..]));
-        assert_eq!(shapes(&m.initializers), [("W", vec![1, 1, 2])]);
-        assert_eq!(m.inputs, [vi("x", &[None, Some(1), Some(4)])]);
-        assert_eq!(m.outputs, [vi("y", &[None, Some(1), Some(3)])]);
+        assert_eq!(op_types(&m), ["Floor", "Relu"]);
+        assert_eq!(m.nodes[0].display_name(), "floor1");
+        assert!(m.initializers.is_empty());
+        assert_eq!(m.inputs, [vi("x", &[None, Some(4)])]);
+        assert_eq!(m.outputs, [vi("y", &[None, Some(4)])]);
     }
 
     #[test]
@@ -1517,7 +1689,7 @@ mod tests {
         };
         assert_eq!(
             err_msg(with_tensor(t)),
-            "tensor 'W' uses external data, which is not supported"
+            "tensor 'W' uses external data, which needs the model's folder (load the model from a file, or give a base folder)"
         );
     }
 
@@ -1702,7 +1874,7 @@ mod tests {
         let msg = err_msg(decode(&model_with(vec![], vec![ext])));
         assert_eq!(
             msg,
-            "tensor 'c2' uses external data, which is not supported"
+            "tensor 'c2' uses external data, which needs the model's folder (load the model from a file, or give a base folder)"
         );
     }
 
@@ -1822,6 +1994,130 @@ mod tests {
                 }
                 let _ = decode(&b);
             }
+        }
+    }
+
+    fn ext_tensor(name: &str, dims: &[i64], entries: &[(&str, &str)]) -> TensorProto {
+        TensorProto {
+            raw_data: None,
+            data_location: Some(DataLocation::External as i32),
+            external_data: entries
+                .iter()
+                .map(|(k, v)| StringStringEntryProto {
+                    key: Some(k.to_string()),
+                    value: Some(v.to_string()),
+                })
+                .collect(),
+            ..f32_tensor(name, dims, &[])
+        }
+    }
+
+    /// A fresh folder under the target directory for one test.
+    fn scratch(test: &str) -> PathBuf {
+        let d = std::env::temp_dir()
+            .join(format!("kinkcheck-ext-{}", std::process::id()))
+            .join(test);
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    #[test]
+    fn external_data_is_read_from_the_model_folder() {
+        let dir = scratch("read");
+        let vals: Vec<u8> = [9.0f32, 1.5, -2.0, 0.25]
+            .iter()
+            .flat_map(|v| v.to_le_bytes())
+            .collect();
+        let mut file = vec![0u8; 4];
+        file.extend(&vals);
+        std::fs::write(dir.join("m.onnx.data"), &file).unwrap();
+        let t = ext_tensor(
+            "W",
+            &[3],
+            &[
+                ("location", "m.onnx.data"),
+                ("offset", "8"),
+                ("length", "12"),
+            ],
+        );
+        let bytes = model_with(vec![t.clone()], vec![]);
+        let m = decode_with_base(&bytes, Some(&dir)).unwrap();
+        assert_eq!(m.initializers[0].data, [1.5, -2.0, 0.25]);
+        // through load(): the folder is the model's
+        std::fs::write(dir.join("m.onnx"), &bytes).unwrap();
+        assert_eq!(
+            load(&dir.join("m.onnx")).unwrap().initializers[0].data,
+            [1.5, -2.0, 0.25]
+        );
+        // without a base folder: an error naming the tensor
+        assert!(err_msg(decode(&bytes)).starts_with("tensor 'W' uses external data"));
+
+        let case = |entries: &[(&str, &str)], dims: &[i64]| {
+            err_msg(decode_with_base(
+                &model_with(vec![ext_tensor("W", dims, entries)], vec![]),
+                Some(&dir),
+            ))
+        };
+        let e = case(
+            &[
+                ("location", "m.onnx.data"),
+                ("offset", "8"),
+                ("length", "8"),
+            ],
+            &[3],
+        );
+        assert_eq!(
+            e,
+            "tensor 'W': external data has 8 bytes but dims [3] of FLOAT need 12"
+        );
+        let e = case(
+            &[
+                ("location", "m.onnx.data"),
+                ("offset", "8"),
+                ("length", "40"),
+            ],
+            &[10],
+        );
+        assert_eq!(
+            e,
+            "tensor 'W': external data file 'm.onnx.data' has 20 bytes, too short for offset 8 and length 40"
+        );
+        let e = case(&[("location", "../m.onnx.data")], &[3]);
+        assert!(
+            e.contains("must be a relative path inside the model's folder"),
+            "{e}"
+        );
+        let abs = dir.join("m.onnx.data");
+        let e = case(&[("location", abs.to_str().unwrap())], &[3]);
+        assert!(
+            e.contains("must be a relative path inside the model's folder"),
+            "{e}"
+        );
+        let e = case(&[("location", "nope.bin")], &[3]);
+        assert!(
+            e.starts_with("tensor 'W': external data file 'nope.bin' cannot be read"),
+            "{e}"
+        );
+        let e = case(&[("offset", "0")], &[3]);
+        assert_eq!(e, "tensor 'W': external data has no 'location'");
+        let e = case(&[("location", "m.onnx.data"), ("offset", "-4")], &[3]);
+        assert!(
+            e.contains("'offset' = '-4' is not a non-negative integer"),
+            "{e}"
+        );
+        // a symbolic link that leaves the folder
+        #[cfg(unix)]
+        {
+            let outside = scratch("outside");
+            std::fs::write(outside.join("w.bin"), &file).unwrap();
+            let _ = std::fs::remove_file(dir.join("link.bin"));
+            std::os::unix::fs::symlink(outside.join("w.bin"), dir.join("link.bin")).unwrap();
+            let e = case(&[("location", "link.bin"), ("length", "12")], &[3]);
+            assert_eq!(
+                e,
+                "tensor 'W': external data location 'link.bin' resolves outside the model's folder"
+            );
         }
     }
 }
