@@ -8,7 +8,7 @@
 //! `Vec` the library reads while Python runs on.
 
 use kinkcheck::frontend::network::{Data, Loss, Network, Wrt};
-use kinkcheck::frontend::{self, onnx, onnx_proto};
+use kinkcheck::frontend::{self, onnx};
 use kinkcheck::{audit, Convention, Error, Problem, VerifyOptions};
 use numpy::{PyArray1, PyArrayMethods, PyReadonlyArray1};
 use pyo3::create_exception;
@@ -23,6 +23,9 @@ create_exception!(
     PyValueError,
     "Bad input: a malformed program, network, ONNX model or batch, a point of the wrong length, NaN. The message is the CLI's."
 );
+
+/// The CLI's message for network options given with a program.
+const NETWORK_FLAGS: &str = "--data, --wrt and --loss apply to network descriptions (.json) and ONNX models (.onnx) only (and --clip to ONNX models)";
 
 fn input_err(e: Error) -> PyErr {
     InputError::new_err(e.to_string())
@@ -72,10 +75,14 @@ fn wrap(p: Problem) -> PyProblem {
     PyProblem { inner: Arc::new(p) }
 }
 
-fn parse_opts(wrt: Option<&str>, loss: Option<&str>) -> Result<(Option<Wrt>, Option<Loss>), Error> {
+type Opts = (Option<Wrt>, Option<Loss>, onnx::ClipRule);
+
+fn parse_opts(wrt: Option<&str>, loss: Option<&str>, clip: Option<&str>) -> Result<Opts, Error> {
+    let clip: Option<onnx::ClipRule> = clip.map(str::parse).transpose()?;
     Ok((
         wrt.map(str::parse).transpose()?,
         loss.map(str::parse).transpose()?,
+        clip.unwrap_or_default(),
     ))
 }
 
@@ -90,7 +97,7 @@ fn compile(py: Python<'_>, text: &str) -> PyResult<PyProblem> {
 /// Load a source file as the CLI does (`.kc`, `.json` network, `.onnx`). `data_path` is the
 /// CLI's `--data FILE`; `data_json` a batch given as JSON text instead.
 #[pyfunction]
-#[pyo3(signature = (path, data_path=None, data_json=None, wrt=None, loss=None))]
+#[pyo3(signature = (path, data_path=None, data_json=None, wrt=None, loss=None, clip=None))]
 fn load_path(
     py: Python<'_>,
     path: &str,
@@ -98,12 +105,13 @@ fn load_path(
     data_json: Option<&str>,
     wrt: Option<&str>,
     loss: Option<&str>,
+    clip: Option<&str>,
 ) -> PyResult<PyProblem> {
     py.detach(|| -> Result<Problem, Error> {
-        let (wrt, loss) = parse_opts(wrt, loss)?;
+        let (wrt, loss, clip) = parse_opts(wrt, loss, clip)?;
         let path = Path::new(path);
         let Some(text) = data_json else {
-            return frontend::load(path, data_path.map(Path::new), wrt, loss);
+            return frontend::load_with(path, data_path.map(Path::new), wrt, loss, clip);
         };
         let data = Data::from_json(text)?;
         let ext = path
@@ -121,11 +129,9 @@ fn load_path(
                     .map_err(at)
             }
             "onnx" => onnx::load(path)
-                .and_then(|m| onnx::problem(&m, &data, wrt, loss))
+                .and_then(|m| onnx::problem_with(&m, &data, wrt, loss, clip))
                 .map_err(at),
-            _ => Err(Error::input(
-                "--data, --wrt and --loss apply to network descriptions (.json) and ONNX models (.onnx) only",
-            )),
+            _ => Err(Error::input(NETWORK_FLAGS)),
         }
     })
     .map(wrap)
@@ -143,7 +149,7 @@ fn load_network(
     loss: Option<&str>,
 ) -> PyResult<PyProblem> {
     py.detach(|| -> Result<Problem, Error> {
-        let (wrt, loss) = parse_opts(wrt, loss)?;
+        let (wrt, loss, _) = parse_opts(wrt, loss, None)?;
         let data = data_json.map(Data::from_json).transpose()?;
         Network::from_json(text)?.problem(data.as_ref(), wrt, loss)
     })
@@ -151,21 +157,23 @@ fn load_network(
     .map_err(input_err)
 }
 
-/// Load an ONNX model from its bytes with a batch (JSON text).
+/// Load an ONNX model from its bytes with a batch (JSON text); external data is read from
+/// `base_dir` (none: external data is an input error).
 #[pyfunction]
-#[pyo3(signature = (model, data_json, wrt=None, loss=None))]
+#[pyo3(signature = (model, data_json, wrt=None, loss=None, clip=None, base_dir=None))]
 fn load_onnx_bytes(
     py: Python<'_>,
     model: &[u8],
     data_json: &str,
     wrt: Option<&str>,
     loss: Option<&str>,
+    clip: Option<&str>,
+    base_dir: Option<&str>,
 ) -> PyResult<PyProblem> {
     py.detach(|| -> Result<Problem, Error> {
-        let (wrt, loss) = parse_opts(wrt, loss)?;
+        let (wrt, loss, clip) = parse_opts(wrt, loss, clip)?;
         let data = Data::from_json(data_json)?;
-        let m = onnx_proto::decode(model).map_err(Error::from)?;
-        onnx::problem(&m, &data, wrt, loss)
+        frontend::load_onnx_bytes(model, base_dir.map(Path::new), &data, wrt, loss, clip)
     })
     .map(wrap)
     .map_err(input_err)

@@ -222,3 +222,27 @@ def test_audit_cli_errors(tmp_path):
     assert cp.returncode == 2 and cp.stdout == "" and "line 2" in cp.stderr
     cp = run_cli("audit", str(tmp_path / "missing.jsonl"))
     assert cp.returncode == 2
+
+
+class Clamp(nn.Module):
+    def forward(self, x):
+        return torch.clamp(x, -1.0, 1.0)
+
+
+def test_clip_rule_hardtanh_default_and_clamp():
+    # pre-activations exactly at the bounds ±1: nn.Hardtanh's derivative there is 0 (the default
+    # rule for ONNX Clip); with clip="clamp" the rule is the clamp one (derivative 1)
+    lin = nn.Linear(1, 2).double()
+    with torch.no_grad():
+        lin.weight.copy_(torch.tensor([[1.0], [-1.0]]))
+        lin.bias.zero_()
+    x = torch.tensor([[1.0], [0.5]], dtype=torch.float64)
+    y = torch.zeros(2, 2, dtype=torch.float64)
+    m = nn.Sequential(lin, nn.Hardtanh())
+    r = kt.verify(m, x, y)
+    assert r.matches_framework
+    assert sum(a["z"] == 0.0 for a in r.active) == 2
+    with pytest.raises(kt.MismatchError):
+        kt.verify(m, x, y, clip="clamp")  # the clamp rule is not what nn.Hardtanh does
+    with pytest.raises(kinkcheck.InputError, match="--clip"):
+        kt.verify(m, x, y, clip="relu")

@@ -224,6 +224,8 @@ def load(
     data: Union[None, Mapping[str, Any], str, "os.PathLike[str]"] = None,
     wrt: Optional[str] = None,
     loss: Optional[str] = None,
+    clip: Optional[str] = None,
+    base_dir: Union[None, str, "os.PathLike[str]"] = None,
 ) -> Problem:
     """Load a source into a :class:`Problem`, as the CLI does.
 
@@ -231,11 +233,14 @@ def load(
     description (dict), ONNX model bytes, or a :class:`Problem` (returned as is). ``data``
     (a dict ``{"inputs": ..., "targets": ...}`` of lists, NumPy arrays or tensors, or a path
     to such a JSON file), ``wrt`` (``"params"`` | ``"inputs"``) and ``loss`` (``mse``,
-    ``l1``, ``hinge``, ``cross_entropy``, ``none``) apply to networks and ONNX models.
+    ``l1``, ``hinge``, ``cross_entropy``, ``none``) apply to networks and ONNX models;
+    ``clip`` (``"hardtanh"``, the default, or ``"clamp"``: the AD rule of ONNX ``Clip`` at a
+    bound, ``--clip``) to ONNX models, and ``base_dir`` (where external tensor data lives) to
+    ONNX bytes.
     """
     if isinstance(source, Problem):
-        if data is not None or wrt is not None or loss is not None:
-            raise InputError("data, wrt and loss cannot be applied to a compiled Problem")
+        if data is not None or wrt is not None or loss is not None or clip is not None:
+            raise InputError("data, wrt, loss and clip cannot be applied to a compiled Problem")
         return source
     data_path = None
     if isinstance(data, (str, os.PathLike)):
@@ -250,7 +255,8 @@ def load(
                 raise InputError(f"cannot read {data_path}: {e.strerror}") from None
         if data_text is None:
             raise InputError("ONNX models need a batch: give data=")
-        return _kinkcheck.load_onnx_bytes(bytes(source), data_text, wrt, loss)
+        bd = None if base_dir is None else os.fspath(base_dir)
+        return _kinkcheck.load_onnx_bytes(bytes(source), data_text, wrt, loss, clip, bd)
     if isinstance(source, Mapping):
         if data_path is not None:
             try:
@@ -264,11 +270,13 @@ def load(
             raise InputError(f"network: {e}") from None
         return _kinkcheck.load_network(text, data_text, wrt, loss)
     if _is_path(source):
-        return _kinkcheck.load_path(os.fspath(source), data_path, data_text, wrt, loss)
+        return _kinkcheck.load_path(os.fspath(source), data_path, data_text, wrt, loss, clip)
     if isinstance(source, str):
-        if data is not None or data_path is not None or wrt is not None or loss is not None:
+        if (data is not None or data_path is not None or wrt is not None or loss is not None
+                or clip is not None):
             raise InputError(
-                "--data, --wrt and --loss apply to network descriptions (.json) and ONNX models (.onnx) only"
+                "--data, --wrt and --loss apply to network descriptions (.json) and ONNX models "
+                "(.onnx) only (and --clip to ONNX models)"
             )
         return _kinkcheck.compile(source)
     raise InputError(
@@ -297,6 +305,7 @@ def verify(
     loss: Optional[str] = None,
     convention: str = "pytorch",
     gradient: Union[None, Sequence[float], np.ndarray] = None,
+    clip: Optional[str] = None,
     max_pieces: int = 4096,
     max_lps: int = 20000,
     timeout: float = 10.0,
@@ -320,6 +329,9 @@ def verify(
         AD returns (THEORY.md §3).
     gradient
         Check this vector instead of the convention's (``--gradient``).
+    clip
+        ONNX models: ``"hardtanh"`` (default: ``nn.Hardtanh``/``nn.ReLU6``, derivative 0 at a
+        bound) or ``"clamp"`` (derivative 1), the rule assumed for ``Clip`` (``--clip``).
     max_pieces, max_lps, timeout
         Budgets of the LP checker, as on the command line.
 
@@ -337,7 +349,7 @@ def verify(
 
     The verification runs with the GIL released.
     """
-    problem = load(source, data=data, wrt=wrt, loss=loss)
+    problem = load(source, data=data, wrt=wrt, loss=loss, clip=clip)
     if not isinstance(convention, str):
         raise InputError("convention must be a str")
     text, g = _kinkcheck.verify(

@@ -29,12 +29,18 @@ def load_path(
     data_json: Optional[str] = None,
     wrt: Optional[str] = None,
     loss: Optional[str] = None,
+    clip: Optional[str] = None,
 ) -> Problem: ...
 def load_network(
     text: str, data_json: Optional[str] = None, wrt: Optional[str] = None, loss: Optional[str] = None
 ) -> Problem: ...
 def load_onnx_bytes(
-    model: bytes, data_json: str, wrt: Optional[str] = None, loss: Optional[str] = None
+    model: bytes,
+    data_json: str,
+    wrt: Optional[str] = None,
+    loss: Optional[str] = None,
+    clip: Optional[str] = None,
+    base_dir: Optional[str] = None,
 ) -> Problem: ...
 def verify(
     problem: Problem,
