@@ -246,3 +246,20 @@ def test_clip_rule_hardtanh_default_and_clamp():
         kt.verify(m, x, y, clip="clamp")  # the clamp rule is not what nn.Hardtanh does
     with pytest.raises(kinkcheck.InputError, match="--clip"):
         kt.verify(m, x, y, clip="relu")
+
+
+def test_small_cnn_with_planted_kinks_matches_autograd():
+    g = torch.Generator().manual_seed(7)
+    m = nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
+                      nn.Linear(8, 2)).double()
+    with torch.no_grad():
+        for p in m.parameters():
+            p.copy_(torch.randint(-2, 3, p.shape, generator=g).double())
+        m[0].bias.zero_()
+    x = torch.randint(-2, 3, (3, 1, 6, 6), generator=g).double()
+    x[0] = 0  # every conv output of sample 0 is exactly 0: relu kinks and max-pool ties
+    y = torch.zeros(3, 2, dtype=torch.float64)
+    for wrt in ("params", "inputs"):
+        r = kt.verify(m, x, y, wrt=wrt)
+        assert r.matches_framework
+        assert sum(a["z"] == 0.0 for a in r.active) >= relu_zeros(m, x)
