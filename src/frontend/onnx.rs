@@ -1781,34 +1781,10 @@ fn reduce(
     keep: bool,
     mean: bool,
 ) -> Result<(NodeId, Vec<usize>), Error> {
-    let shape = &a.shape;
-    let out_full: Vec<usize> = (0..shape.len())
-        .map(|i| if red.contains(&i) { 1 } else { shape[i] })
-        .collect();
-    let out_steps = row_major_steps(&out_full);
-    let mut windows = vec![Vec::new(); numel(&out_full)];
-    for (flat, idx) in multi_indices(shape).iter().enumerate() {
-        let o: usize = (0..shape.len())
-            .map(|i| {
-                if red.contains(&i) {
-                    0
-                } else {
-                    idx[i] * out_steps[i]
-                }
-            })
-            .sum();
-        windows[o].push(flat);
-    }
-    let count = numel(shape) / numel(&out_full).max(1);
+    let (windows, out_shape) = reduce_windows(&a.shape, red, keep);
+    // every window holds the same number of cells
+    let count = numel(&a.shape) / windows.len().max(1);
     let node = mean_windows(g, a.node, &windows, if mean { count as f64 } else { 1.0 })?;
-    let out_shape = if keep {
-        out_full
-    } else {
-        (0..shape.len())
-            .filter(|i| !red.contains(i))
-            .map(|i| shape[i])
-            .collect()
-    };
     Ok((node, out_shape))
 }
 
