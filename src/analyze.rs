@@ -93,14 +93,23 @@ pub fn analyze(
 ) -> Analysis {
     let mut a = analyze_active(data, space, st, sigma, opts);
     if !data.degenerate.is_empty() {
-        let ids: Vec<String> = data
+        // Listing tens of thousands of ids (a CNN's dead units) would make the
+        // reason unreadable and the JSON huge: name the first few, count the rest.
+        const SHOWN: usize = 10;
+        let mut ids: Vec<String> = data
             .degenerate
             .iter()
+            .take(SHOWN)
             .map(|s| format!("#{}", s.0))
             .collect();
+        if data.degenerate.len() > SHOWN {
+            ids.push(format!("… and {} more", data.degenerate.len() - SHOWN));
+        }
         a.reason = format!(
-            "{}; degenerate switches {} dropped (ż ≡ 0 on every piece, their σ̃ has no effect)",
+            "{}; {} degenerate switch{} {} dropped (ż ≡ 0 on every piece, their σ̃ has no effect)",
             a.reason,
+            data.degenerate.len(),
+            if data.degenerate.len() == 1 { "" } else { "es" },
             ids.join(", ")
         );
     }

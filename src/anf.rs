@@ -23,6 +23,7 @@
 //! stop at active ones), never forming (I − LΣ)⁻¹.
 
 use crate::eval::{AbsRule, EvalError, Evaluation, ReverseSweeper, Seed};
+use crate::flat::Flatness;
 use crate::graph::{Graph, RelationKind, Role, SwitchId};
 use serde::Serialize;
 
@@ -252,6 +253,18 @@ impl ActiveData {
         z: &[f64],
         active: &[SwitchId],
     ) -> Result<ActiveData, EvalError> {
+        Self::compute_with(g, ev, z, active, true)
+    }
+
+    /// [`Self::compute`], with or without the [`Flatness`] pre-pass (`false`: one sweep per
+    /// active switch; the tests check both give the same data).
+    pub(crate) fn compute_with(
+        g: &Graph,
+        ev: &Evaluation,
+        z: &[f64],
+        active: &[SwitchId],
+        use_flat: bool,
+    ) -> Result<ActiveData, EvalError> {
         let mut pos = vec![usize::MAX; g.n_switches()];
         let mut rules: Vec<AbsRule> = z.iter().map(|v| AbsRule::Factor(v.signum())).collect();
         for (k, s) in active.iter().enumerate() {
@@ -265,7 +278,20 @@ impl ActiveData {
         // are gone: a max-pool over dead relu units has thousands of exact ties whose rows are
         // all zero, and a dense k × k L̂ over them would not fit in memory.
         let mut lhat_rows: Vec<Vec<(usize, f64)>> = Vec::with_capacity(k);
+        // Switches whose argument the forward pass of [`Flatness`] proves flat are degenerate
+        // without a sweep: their rows are zero (an L̂ row of a flat switch only refers to flat
+        // switches, which are dropped with it).
+        let flat = use_flat.then(|| Flatness::compute(g, ev, &rules)).flatten();
         for &s in active {
+            if flat.as_ref().is_some_and(|f| f.switch_is_flat(g, s)) {
+                j.push(SparseRow {
+                    len: g.n_vars(),
+                    idx: Vec::new(),
+                    val: Vec::new(),
+                });
+                lhat_rows.push(Vec::new());
+                continue;
+            }
             let adj = sw.sweep_sparse(Seed::Switch(s), &rules)?;
             j.push(SparseRow {
                 len: g.n_vars(),

@@ -157,15 +157,7 @@ pub fn erf(t: f64) -> f64 {
 /// Dense layers over a batch (matrix–vector nodes sharing one weight node, see [`Schedule`])
 /// are evaluated as one matrix–matrix product per layer.
 pub fn evaluate(g: &Graph, x: &[f64]) -> Result<Evaluation, EvalError> {
-    if x.len() != g.n_vars() {
-        return Err(EvalError::PointLength {
-            got: x.len(),
-            want: g.n_vars(),
-        });
-    }
-    if let Some((index, &value)) = x.iter().enumerate().find(|(_, v)| !v.is_finite()) {
-        return Err(EvalError::NonFinitePoint { index, value });
-    }
+    check_point(g, x)?;
     let mut vals = vec![0.0; g.total_len()];
     if let Some(sched) = Schedule::new(g) {
         let mut ok = true;
@@ -202,6 +194,50 @@ pub fn evaluate(g: &Graph, x: &[f64]) -> Result<Evaluation, EvalError> {
         x: x.to_vec(),
         values: vals,
     })
+}
+
+/// A point of the right length with finite entries.
+fn check_point(g: &Graph, x: &[f64]) -> Result<(), EvalError> {
+    if x.len() != g.n_vars() {
+        return Err(EvalError::PointLength {
+            got: x.len(),
+            want: g.n_vars(),
+        });
+    }
+    if let Some((index, &value)) = x.iter().enumerate().find(|(_, v)| !v.is_finite()) {
+        return Err(EvalError::NonFinitePoint { index, value });
+    }
+    Ok(())
+}
+
+/// The nodes the values of `targets` depend on (themselves included), as a mask by node.
+pub fn ancestors(g: &Graph, targets: &[NodeId]) -> Vec<bool> {
+    let mut seen = vec![false; g.nodes().len()];
+    let mut stack: Vec<usize> = targets.iter().map(|t| t.index()).collect();
+    while let Some(i) = stack.pop() {
+        if !std::mem::replace(&mut seen[i], true) {
+            stack.extend(g.nodes()[i].op.operands().iter().map(|o| o.index()));
+        }
+    }
+    seen
+}
+
+/// [`evaluate`] restricted to the nodes of `mask` (closed under operands, e.g. from
+/// [`ancestors`]), in node order, into `vals` (resized to the value buffer's length; the values
+/// of the other nodes are left as they were, so one buffer serves many points). Errors are
+/// those of the masked nodes.
+pub fn evaluate_on(
+    g: &Graph,
+    x: &[f64],
+    mask: &[bool],
+    vals: &mut Vec<f64>,
+) -> Result<(), EvalError> {
+    check_point(g, x)?;
+    vals.resize(g.total_len(), 0.0);
+    for i in (0..g.nodes().len()).filter(|&i| mask[i]) {
+        eval_node(g, vals, x, i)?;
+    }
+    Ok(())
 }
 
 /// The value of node `i` from its operands' values.

@@ -23,6 +23,7 @@ pub mod audit;
 pub mod convention;
 pub mod error;
 pub mod eval;
+pub mod flat;
 pub mod frontend;
 pub mod graph;
 pub mod lower;

@@ -9,7 +9,7 @@ use crate::error::Error;
 use crate::eval::Evaluation;
 use crate::eval::{self, Activity, SwitchState};
 use crate::frontend::Problem;
-use crate::graph::{Graph, SwitchId};
+use crate::graph::{Graph, NodeId, SwitchId};
 pub use crate::pieces::Verdict;
 use crate::pieces::{self, Certificate, Check, CheckOptions, Status};
 use crate::reduced::ReducedSpace;
@@ -383,7 +383,8 @@ pub fn verify(problem: &Problem, point: &[f64], opts: &VerifyOptions) -> Result<
         .map(|s| {
             let status = match s.activity {
                 Activity::Near => "near",
-                _ if stage.data.degenerate.contains(&s.id) => "degenerate",
+                // `degenerate` is ascending (a sub-list of α)
+                _ if stage.data.degenerate.binary_search(&s.id).is_ok() => "degenerate",
                 _ => "active",
             };
             describe_switch(g, s, status, sigma(s))
@@ -398,6 +399,7 @@ pub fn verify(problem: &Problem, point: &[f64], opts: &VerifyOptions) -> Result<
         .collect();
     let n = g.n_vars();
     let single = stage.check.blocks.len() <= 1;
+    let mut wbuf = Vec::new(); // one value buffer for every witness evaluation
     let pieces: Vec<PieceReport> = stage
         .check
         .pieces
@@ -421,9 +423,9 @@ pub fn verify(problem: &Problem, point: &[f64], opts: &VerifyOptions) -> Result<
                 }
             });
             let witness = p.witness.as_ref().map(|e| stage.space.lift(&stage.data, e));
-            let witness_checked = witness
-                .as_ref()
-                .map(|d| witness_holds(g, point, d, &stage.data.active, &block, &p.signs));
+            let witness_checked = witness.as_ref().map(|d| {
+                witness_holds(g, point, d, &stage.data.active, &block, &p.signs, &mut wbuf)
+            });
             PieceReport {
                 signs,
                 status: p.status,
@@ -666,7 +668,8 @@ fn clarke_gradient(
     made(vector, weights, pieces, exact && check.complete, hull, lps)
 }
 
-/// Evaluate the program at x̂ + εd for decreasing ε and check the block's switch signs.
+/// Evaluate the program at x̂ + εd for decreasing ε and check the block's switch signs
+/// (`vals`: a value buffer reused between calls).
 fn witness_holds(
     g: &Graph,
     x: &[f64],
@@ -674,21 +677,31 @@ fn witness_holds(
     alpha: &[SwitchId],
     block: &[usize],
     signs: &[i8],
+    vals: &mut Vec<f64>,
 ) -> bool {
     let dn = d.iter().fold(0.0f64, |m, v| m.max(v.abs()));
     if dn == 0.0 {
         return false;
     }
     let xn = x.iter().fold(1.0f64, |m, v| m.max(v.abs()));
+    // only the block's switches are read: evaluate the nodes they depend on (in a batch, the
+    // samples they belong to), not the whole graph
+    let at: Vec<(NodeId, usize)> = block
+        .iter()
+        .map(|&i| {
+            let (k, e) = g.switch_location(alpha[i]);
+            (g.abs_nodes()[k].arg, e)
+        })
+        .collect();
+    let cone = eval::ancestors(g, &at.iter().map(|a| a.0).collect::<Vec<_>>());
     for k in 2..8 {
         let eps = xn * 10f64.powi(-k) / dn;
         let xp: Vec<f64> = x.iter().zip(d).map(|(a, b)| a + eps * b).collect();
-        let Ok(ev) = eval::evaluate(g, &xp) else {
+        if eval::evaluate_on(g, &xp, &cone, vals).is_err() {
             continue;
-        };
-        let z = ev.switches(g);
-        let ok = block.iter().zip(signs).all(|(&i, &s)| {
-            let zi = z[alpha[i].0];
+        }
+        let ok = at.iter().zip(signs).all(|(&(arg, e), &s)| {
+            let zi = vals[g.node(arg).offset + e];
             s == 0 || (s > 0 && zi > 0.0) || (s < 0 && zi < 0.0)
         });
         if ok {

@@ -56,6 +56,28 @@ fn program(affine: bool) -> impl Strategy<Value = String> {
     expr(affine).prop_map(|e| format!("vars x1, x2, x3\nf = {e}"))
 }
 
+/// Programs rich in ties among flat values: max-pool-like folds and clamps of kink outputs that
+/// are often dead (relu of a negative argument) or saturated at the point.
+fn tie_program() -> impl Strategy<Value = String> {
+    let kink = prop_oneof![
+        expr(false).prop_map(|e| format!("relu({e})")),
+        expr(false).prop_map(|e| format!("relu6({e})")),
+        expr(false).prop_map(|e| format!("hardtanh({e})")),
+        expr(false).prop_map(|e| format!("clamp({e}, 0, 1)")),
+        expr(false).prop_map(|e| format!("leaky_relu({e}, 0.25)")),
+        Just("0".to_string()),
+    ];
+    (
+        prop::collection::vec(kink, 2..5),
+        expr(false),
+        prop_oneof![Just("max"), Just("min")],
+    )
+        .prop_map(|(ks, e, op)| {
+            let fold = format!("{op}({})", ks.join(", "));
+            format!("vars x1, x2, x3\nu = {fold}\nf = u * ({e}) + abs(u) + relu(u - 1)")
+        })
+}
+
 fn point() -> impl Strategy<Value = Vec<f64>> {
     prop::collection::vec(prop_oneof![Just(0.0), Just(1.0), Just(-1.0), Just(0.5)], 3)
 }
@@ -184,6 +206,31 @@ proptest! {
         for j in 0..3 {
             prop_assert!((direct[j] - reduced[j]).abs() <= 1e-9 * (1.0 + direct[j].abs()),
                 "{src}: direct {direct:?} reduced {reduced:?}");
+        }
+    }
+
+    #[test]
+    fn flat_switches_have_zero_rows(src in prop_oneof![program(false), tie_program()], x in point()) {
+        // Soundness of the Flatness pre-pass (THEORY §4): a switch it proves flat has a zero
+        // J_α row and an L̂ row that refers only to flat switches, as the sweep computes them.
+        let p = kinkcheck::compile(&src).unwrap();
+        let g = &p.graph;
+        let ev = eval::evaluate(g, &x).unwrap();
+        let z = ev.switches(g);
+        let rules: Vec<AbsRule> = z.iter()
+            .map(|&v| if v == 0.0 { AbsRule::Stop } else { AbsRule::Factor(v.signum()) })
+            .collect();
+        let flat = kinkcheck::flat::Flatness::compute(g, &ev, &rules).unwrap();
+        let mut sw = ReverseSweeper::new(g, &ev);
+        for s in (0..z.len()).map(kinkcheck::graph::SwitchId) {
+            if !flat.switch_is_flat(g, s) {
+                continue;
+            }
+            let adj = sw.sweep_sparse(Seed::Switch(s), &rules).unwrap();
+            prop_assert!(adj.idx.is_empty(), "{}: flat switch {} has J row {:?}", &src, s.0, adj.val);
+            for (t, v) in &adj.stopped {
+                prop_assert!(flat.switch_is_flat(g, *t), "{}: flat {} reaches {} ({})", &src, s.0, t.0, v);
+            }
         }
     }
 }
