@@ -331,19 +331,8 @@ fn eval_node(g: &Graph, vals: &mut [f64], x: &[f64], i: usize) -> Result<(), Eva
             let (oa, la) = get(vals, *a);
             vals[off] = vals[oa..oa + la].iter().sum();
         }
-        Op::Gather(a, idx) => {
-            let (oa, _) = get(vals, *a);
-            for (k, &j) in idx.iter().enumerate() {
-                vals[off + k] = vals[oa + j];
-            }
-        }
-        Op::Concat(parts) => {
-            let mut k = off;
-            for p in parts {
-                let (op_, lp) = get(vals, *p);
-                vals.copy_within(op_..op_ + lp, k);
-                k += lp;
-            }
+        Op::Gather(..) | Op::Concat(_) => {
+            g.move_elements(&node.op, vals, off);
         }
         Op::LogSumExp(a) => {
             let (oa, la) = get(vals, *a);
@@ -592,19 +581,8 @@ fn magnitude_node(g: &Graph, ev: &Evaluation, m: &mut [f64], i: usize) {
             let (oa, la) = slot(*a);
             m[off] = m[oa..oa + la].iter().sum();
         }
-        Op::Gather(a, idx) => {
-            let (oa, _) = slot(*a);
-            for (k, &j) in idx.iter().enumerate() {
-                m[off + k] = m[oa + j];
-            }
-        }
-        Op::Concat(parts) => {
-            let mut k = off;
-            for p in parts {
-                let (op_, lp) = slot(*p);
-                m.copy_within(op_..op_ + lp, k);
-                k += lp;
-            }
+        Op::Gather(..) | Op::Concat(_) => {
+            g.move_elements(&node.op, m, off);
         }
         Op::Conv { x, w, bias, spec } => conv_forward_at(g, m, off, *x, *w, *bias, spec),
         _ => {
@@ -1269,19 +1247,8 @@ pub fn tangent(
                 let (oa, la) = slot(*a);
                 t[off] = t[oa..oa + la].iter().sum();
             }
-            Op::Gather(a, idx) => {
-                let (oa, _) = slot(*a);
-                for (k, &j) in idx.iter().enumerate() {
-                    t[off + k] = t[oa + j];
-                }
-            }
-            Op::Concat(parts) => {
-                let mut k = off;
-                for p in parts {
-                    let (op_, lp) = slot(*p);
-                    t.copy_within(op_..op_ + lp, k);
-                    k += lp;
-                }
+            Op::Gather(..) | Op::Concat(_) => {
+                g.move_elements(&node.op, &mut t, off);
             }
             Op::LogSumExp(a) => {
                 let (oa, la) = slot(*a);

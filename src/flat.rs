@@ -201,21 +201,9 @@ impl Flatness {
                         }
                     }
                 }
-                Op::Gather(a, idx) => {
-                    let (oa, _) = slot(*a);
-                    for (k, &j) in idx.iter().enumerate() {
-                        base[off + k] = base[oa + j];
-                        coef[off + k] = coef[oa + j];
-                    }
-                }
-                Op::Concat(parts) => {
-                    let mut k = off;
-                    for p in parts {
-                        let (op_, lp) = slot(*p);
-                        base.copy_within(op_..op_ + lp, k);
-                        coef.copy_within(op_..op_ + lp, k);
-                        k += lp;
-                    }
+                Op::Gather(..) | Op::Concat(_) => {
+                    g.move_elements(&node.op, &mut base, off);
+                    g.move_elements(&node.op, &mut coef, off);
                 }
                 Op::Sum(a) | Op::LogSumExp(a) => {
                     if !all_flat(&base, *a) {
