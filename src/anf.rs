@@ -25,6 +25,10 @@
 use crate::eval::{AbsRule, EvalError, Evaluation, ReverseSweeper, Seed};
 use crate::flat::Flatness;
 use crate::graph::{Graph, RelationKind, Role, SwitchId};
+
+/// Fewest active switches for which [`ActiveData::compute`] runs the [`Flatness`] pre-pass
+/// (one forward pass over the graph) to spare the sweeps of the flat ones.
+pub const FLAT_MIN_K: usize = 64;
 use serde::Serialize;
 
 /// The abs-normal form at x̂ (sparse rows), in kinkcheck's scalar-output setting (m = 1).
@@ -253,18 +257,30 @@ impl ActiveData {
         z: &[f64],
         active: &[SwitchId],
     ) -> Result<ActiveData, EvalError> {
-        Self::compute_with(g, ev, z, active, true)
+        Self::compute_in(&mut ReverseSweeper::new(g, ev), z, active)
     }
 
-    /// [`Self::compute`], with or without the [`Flatness`] pre-pass (`false`: one sweep per
+    /// [`Self::compute`] with the buffers of `sw` (a pipeline that sweeps the same graph and
+    /// point several times allocates them once). The [`Flatness`] pre-pass costs about one
+    /// forward pass, so it runs only when there are at least [`FLAT_MIN_K`] active switches to
+    /// spare a sweep each; the data are the same either way.
+    pub fn compute_in(
+        sw: &mut ReverseSweeper,
+        z: &[f64],
+        active: &[SwitchId],
+    ) -> Result<ActiveData, EvalError> {
+        Self::compute_with(sw, z, active, active.len() >= FLAT_MIN_K)
+    }
+
+    /// [`Self::compute_in`], with or without the [`Flatness`] pre-pass (`false`: one sweep per
     /// active switch; the tests check both give the same data).
     pub(crate) fn compute_with(
-        g: &Graph,
-        ev: &Evaluation,
+        sw: &mut ReverseSweeper,
         z: &[f64],
         active: &[SwitchId],
         use_flat: bool,
     ) -> Result<ActiveData, EvalError> {
+        let (g, ev) = (sw.graph(), sw.evaluation());
         let mut pos = vec![usize::MAX; g.n_switches()];
         let mut rules: Vec<AbsRule> = z.iter().map(|v| AbsRule::Factor(v.signum())).collect();
         for (k, s) in active.iter().enumerate() {
@@ -272,7 +288,6 @@ impl ActiveData {
             pos[s.0] = k;
         }
         let k = active.len();
-        let mut sw = ReverseSweeper::new(g, ev);
         let mut j = Vec::with_capacity(k);
         // L̂ rows are kept sparse (the entries a sweep stopped at) until the degenerate switches
         // are gone: a max-pool over dead relu units has thousands of exact ties whose rows are
@@ -397,6 +412,45 @@ impl ActiveData {
             zd.push(row);
         }
         zd
+    }
+
+    /// AD(σ̃) = g0 + c·J_α with the row vector c = b̂Σ̃(I − L̂Σ̃)⁻¹ (THEORY §3), by back
+    /// substitution over the strictly lower L̂: cᵢ = σ̃ᵢ(b̂ᵢ + Σ_{t>i} c_t L̂_{ti}). The same
+    /// vector as [`Self::ad`] (up to rounding) at the cost of k² + nnz(J_α), without the k
+    /// dense rows ż_α: this is how `verify` gets the AD vector from the data it needs anyway,
+    /// without one more reverse sweep over the graph. (Degenerate switches, dropped from α,
+    /// have ż ≡ 0 and contribute nothing.)
+    ///
+    /// ```
+    /// use kinkcheck::{anf::ActiveData, eval};
+    /// // relu(x) − relu(−x) at 0: PyTorch's σ̃ = −1 at both kinks gives slope 0
+    /// let g = kinkcheck::compile("vars x; f = relu(x) - relu(-x)").unwrap().graph;
+    /// let ev = eval::evaluate(&g, &[0.0]).unwrap();
+    /// let z = ev.switches(&g);
+    /// let active: Vec<_> = (0..z.len()).map(kinkcheck::graph::SwitchId).collect();
+    /// let data = ActiveData::compute(&g, &ev, &z, &active).unwrap();
+    /// assert_eq!(data.ad_sparse(&[-1.0, -1.0]), vec![0.0]);
+    /// assert_eq!(data.ad_sparse(&[-1.0, 1.0]), data.ad(&[-1.0, 1.0]));
+    /// ```
+    pub fn ad_sparse(&self, sigma: &[f64]) -> Vec<f64> {
+        let k = self.k();
+        let mut c = vec![0.0; k];
+        for i in (0..k).rev() {
+            let mut acc = self.bhat[i];
+            for (t, ct) in c.iter().enumerate().skip(i + 1) {
+                acc += ct * self.lhat[t][i];
+            }
+            c[i] = sigma[i] * acc;
+        }
+        let mut g = self.g0.clone();
+        for (i, &ci) in c.iter().enumerate() {
+            if ci != 0.0 {
+                for (p, v) in self.j[i].entries() {
+                    g[p] += ci * v;
+                }
+            }
+        }
+        g
     }
 
     /// AD(σ̃) = g0 + b̂Σ̃(I − L̂Σ̃)⁻¹J_α (THEORY §3); at a vertex σ ∈ {±1}^α it is the piece

@@ -781,6 +781,16 @@ impl<'a> ReverseSweeper<'a> {
         }
     }
 
+    /// The graph the sweeps run over.
+    pub fn graph(&self) -> &'a Graph {
+        self.g
+    }
+
+    /// The evaluation (point) the sweeps run at.
+    pub fn evaluation(&self) -> &'a Evaluation {
+        self.ev
+    }
+
     /// One reverse sweep from `seed` with `rules[i]` applied at switch i.
     pub fn sweep(&mut self, seed: Seed, rules: &[AbsRule]) -> Result<Adjoint, EvalError> {
         let (sink, stopped) = self.run(seed, rules, GradSink::Dense(vec![0.0; self.g.n_vars()]))?;

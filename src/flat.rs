@@ -286,8 +286,9 @@ mod tests {
         let states = switch_states(g, &ev, TAU_ACT);
         let z: Vec<f64> = states.iter().map(|s| s.z).collect();
         let act: Vec<SwitchId> = states.iter().filter(|s| s.z == 0.0).map(|s| s.id).collect();
-        let a = ActiveData::compute_with(g, &ev, &z, &act, true).unwrap();
-        let b = ActiveData::compute_with(g, &ev, &z, &act, false).unwrap();
+        let mut sw = crate::eval::ReverseSweeper::new(g, &ev);
+        let a = ActiveData::compute_with(&mut sw, &z, &act, true).unwrap();
+        let b = ActiveData::compute_with(&mut sw, &z, &act, false).unwrap();
         let bits = |v: &[f64]| v.iter().map(|c| c.to_bits()).collect::<Vec<_>>();
         assert_eq!(a.active, b.active);
         assert_eq!(a.degenerate, b.degenerate);

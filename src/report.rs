@@ -6,7 +6,7 @@ use crate::analyze::{self, Analysis, AnalyzeOptions};
 use crate::anf::{ActiveData, Structure};
 use crate::convention::Convention;
 use crate::error::Error;
-use crate::eval::Evaluation;
+use crate::eval::ReverseSweeper;
 use crate::eval::{self, Activity, SwitchState};
 use crate::frontend::Problem;
 use crate::graph::{Graph, NodeId, SwitchId};
@@ -89,6 +89,7 @@ pub struct ActiveSwitch {
 /// don't-care switch or one outside the piece's block), its status, gradient and witness.
 #[derive(Debug, Clone, Serialize)]
 pub struct PieceReport {
+    #[serde(serialize_with = "signs_json")]
     pub signs: Vec<i8>,
     pub status: Status,
     /// g(σ) (single block), or the block's contribution g(σ) − g0 when the switches split
@@ -102,6 +103,31 @@ pub struct PieceReport {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub witness_checked: Option<bool>,
     pub block: usize,
+}
+
+/// `signs` as a JSON array, written in one string: a report lists every active switch in each
+/// piece's signs (tens of thousands in a CNN batch, most of them 0 for degenerate switches),
+/// and element-by-element serialization of those arrays was a fifth of a whole `verify`.
+fn signs_json<S: serde::Serializer>(signs: &[i8], s: S) -> Result<S::Ok, S::Error> {
+    let mut t = String::with_capacity(2 + 3 * signs.len());
+    t.push('[');
+    for (i, &v) in signs.iter().enumerate() {
+        if i > 0 {
+            t.push(',');
+        }
+        match v {
+            0 => t.push('0'),
+            1 => t.push('1'),
+            -1 => t.push_str("-1"),
+            _ => {
+                let _ = write!(t, "{v}");
+            }
+        }
+    }
+    t.push(']');
+    serde_json::value::RawValue::from_string(t)
+        .map_err(serde::ser::Error::custom)?
+        .serialize(s)
 }
 
 /// The certificate of CONTRACT §3.
@@ -216,16 +242,14 @@ struct Stage {
     repair_lps: usize,
 }
 
+/// The analyzer and checker on the reduced data of one active set (THEORY §6).
 fn run_stage(
     g: &Graph,
-    ev: &Evaluation,
-    states: &[SwitchState],
-    active: &[SwitchId],
+    z: &[f64],
+    data: ActiveData,
     v: &[f64],
     opts: &VerifyOptions,
 ) -> Result<Stage, Error> {
-    let z: Vec<f64> = states.iter().map(|s| s.z).collect();
-    let data = ActiveData::compute(g, ev, &z, active)?;
     let structure = Structure::compute(g, &data.active);
     let space = ReducedSpace::new(&data);
     let sigma_alpha: Option<Vec<f64>> = opts.gradient.is_none().then(|| {
@@ -313,29 +337,21 @@ fn combine(st: &Stage) -> (Verdict, String) {
 /// active switches, analyzer, LP checker, verdict and certificate.
 pub fn verify(problem: &Problem, point: &[f64], opts: &VerifyOptions) -> Result<Report, Error> {
     let g = &problem.graph;
+    if let Some(v) = &opts.gradient {
+        if v.len() != g.n_vars() {
+            return Err(Error::input(format!(
+                "--gradient has {} entries, the problem has {} variables",
+                v.len(),
+                g.n_vars()
+            )));
+        }
+        if v.iter().any(|c| !c.is_finite()) {
+            return Err(Error::input("--gradient contains NaN or infinity"));
+        }
+    }
     let ev = eval::evaluate(g, point)?;
     let states = eval::switch_states(g, &ev, opts.tau_act);
-    let gradient = match &opts.gradient {
-        Some(v) => {
-            if v.len() != g.n_vars() {
-                return Err(Error::input(format!(
-                    "--gradient has {} entries, the problem has {} variables",
-                    v.len(),
-                    g.n_vars()
-                )));
-            }
-            if v.iter().any(|c| !c.is_finite()) {
-                return Err(Error::input("--gradient contains NaN or infinity"));
-            }
-            v.clone()
-        }
-        None => eval::ad(g, &ev, &states, &opts.convention)?,
-    };
-    if gradient.iter().any(|c| !c.is_finite()) {
-        return Err(Error::input(
-            "the AD vector overflows (an entry is not finite) at this point",
-        ));
-    }
+    let z: Vec<f64> = states.iter().map(|s| s.z).collect();
     let exact: Vec<SwitchId> = states
         .iter()
         .filter(|s| s.activity == Activity::Active)
@@ -346,14 +362,38 @@ pub fn verify(problem: &Problem, point: &[f64], opts: &VerifyOptions) -> Result<
         .filter(|s| s.activity == Activity::Near)
         .map(|s| s.id)
         .collect();
-    let stage = run_stage(g, &ev, &states, &exact, &gradient, opts)?;
+    // One set of sweep buffers for every stage: they are as large as the graph's values.
+    let mut sw = ReverseSweeper::new(g, &ev);
+    let data = ActiveData::compute_in(&mut sw, &z, &exact)?;
+    let gradient = match &opts.gradient {
+        Some(v) => v.clone(),
+        // The AD vector under the convention (near-active switches take sign(zᵢ), as a
+        // framework's comparison does) from the reduced data, AD(σ̃) = g0 + b̂Σ̃(I − L̂Σ̃)⁻¹J_α
+        // (THEORY §3): the same vector as one reverse sweep with the convention's rules
+        // (`eval::ad`), without that sweep.
+        None => {
+            let sigma: Vec<f64> = data
+                .active
+                .iter()
+                .map(|s| opts.convention.sigma_tilde(states[s.0].role))
+                .collect();
+            data.ad_sparse(&sigma)
+        }
+    };
+    if gradient.iter().any(|c| !c.is_finite()) {
+        return Err(Error::input(
+            "the AD vector overflows (an entry is not finite) at this point",
+        ));
+    }
+    let stage = run_stage(g, &z, data, &gradient, opts)?;
     let (mut verdict, mut reason) = combine(&stage);
     let mut stage = stage;
     if !near.is_empty() {
         // THEORY §6.6: decide with the near-active switches inactive and active.
         let mut both: Vec<SwitchId> = exact.iter().chain(&near).copied().collect();
         both.sort();
-        let alt = run_stage(g, &ev, &states, &both, &gradient, opts)?;
+        let alt_data = ActiveData::compute_in(&mut sw, &z, &both)?;
+        let alt = run_stage(g, &z, alt_data, &gradient, opts)?;
         let (v2, r2) = combine(&alt);
         if v2 != verdict {
             reason = format!(

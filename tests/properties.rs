@@ -202,10 +202,15 @@ proptest! {
             .map(|(i, q)| if q.z == 0.0 { sig[i % 64] } else { q.z.signum() }).collect();
         let rules: Vec<AbsRule> = st.iter().map(|&v| AbsRule::Factor(v)).collect();
         let direct = ReverseSweeper::new(g, &ev).sweep(Seed::Output, &rules).unwrap().grad;
-        let reduced = data.ad(&data.active.iter().map(|s| st[s.0]).collect::<Vec<_>>());
+        let sig_alpha: Vec<f64> = data.active.iter().map(|s| st[s.0]).collect();
+        let reduced = data.ad(&sig_alpha);
+        // the back-substitution form `verify` uses for its AD vector
+        let sparse = data.ad_sparse(&sig_alpha);
         for j in 0..3 {
             prop_assert!((direct[j] - reduced[j]).abs() <= 1e-9 * (1.0 + direct[j].abs()),
                 "{src}: direct {direct:?} reduced {reduced:?}");
+            prop_assert!((direct[j] - sparse[j]).abs() <= 1e-9 * (1.0 + direct[j].abs()),
+                "{src}: direct {direct:?} sparse {sparse:?}");
         }
     }
 

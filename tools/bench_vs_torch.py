@@ -12,15 +12,16 @@ exact kinks
 exports each with torch.onnx.export (dynamo=False, opset 17), then times
   * torch: the median of 20 forward+backward passes (after 3 warm-ups);
   * kinkcheck: the median of 3 runs of `kinkcheck verify MODEL --data DATA --json` (the
-    whole command: reading, lowering, analysis, LP checker, report), and its peak resident
-    memory (ru_maxrss of the child);
+    whole command: reading, lowering, analysis, LP checker, report, stdout to a file), and
+    its peak resident memory. Both are measured by a small fresh Python process that starts
+    the binary: ru_maxrss of a child forked from this process (torch loaded) would report
+    this process's size, not kinkcheck's, and forking it costs wall time kinkcheck does not;
 and prints the ratio kinkcheck / torch. Run it on an otherwise idle machine.
 """
 
 import argparse
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -121,30 +122,48 @@ def torch_time(m, x, y, reps=20):
     return statistics.median(ts)
 
 
+# Started as `python3 -c RUNNER LIMIT OUT BINARY ARGS...`: runs the binary once with an
+# address-space limit and stdout to OUT, and prints "seconds maxrss_kb returncode".
+RUNNER = r"""
+import resource, subprocess, sys, time
+limit, out, cmd = int(sys.argv[1]), sys.argv[2], sys.argv[3:]
+def cap():
+    resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+with open(out, "wb") as f:
+    t = time.perf_counter()
+    p = subprocess.run(cmd, stdout=f, stderr=subprocess.PIPE, preexec_fn=cap)
+    dt = time.perf_counter() - t
+sys.stderr.write(p.stderr.decode()[-500:])
+print(dt, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, p.returncode)
+"""
+
+
 def kinkcheck_time(binary, model, data, reps=3, mem_gb=8.0, timeout=600.0):
     """Median wall time, peak RSS (MB) and the report; None when the run exceeded the
     address-space limit `mem_gb` or `timeout` seconds (the machine is shared: a runaway
     verify must not take it down)."""
     ts, rss, rep = [], 0, None
     limit = int(mem_gb * 2**30)
-
-    def cap():
-        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
-
+    out_file = model + ".report.json"
     for _ in range(reps):
-        before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-        t = time.perf_counter()
+        cmd = [sys.executable, "-c", RUNNER, str(limit), out_file, binary, "verify", model,
+               "--data", data, "--json"]
         try:
-            out = subprocess.run([binary, "verify", model, "--data", data, "--json"],
-                                 capture_output=True, preexec_fn=cap, timeout=timeout)
+            r = subprocess.run(cmd, capture_output=True, timeout=timeout)
         except subprocess.TimeoutExpired:
             return None
-        ts.append(time.perf_counter() - t)
-        if out.returncode == 2 or out.returncode < 0 or not out.stdout:
-            sys.stderr.write(out.stderr.decode()[-500:])
+        fields = r.stdout.decode().split()
+        if r.returncode != 0 or len(fields) != 3:
+            sys.stderr.write(r.stderr.decode()[-500:])
             return None
-        rss = max(rss, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, before)
-        rep = json.loads(out.stdout)
+        dt, maxrss, code = float(fields[0]), int(fields[1]), int(fields[2])
+        if code == 2 or code < 0:
+            sys.stderr.write(r.stderr.decode()[-500:])
+            return None
+        ts.append(dt)
+        rss = max(rss, maxrss)
+        with open(out_file) as f:
+            rep = json.load(f)
     return statistics.median(ts), rss / 1024.0, rep
 
 
