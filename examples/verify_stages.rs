@@ -47,8 +47,6 @@ fn main() -> Result<(), kinkcheck::Error> {
     let states = eval::switch_states(g, &ev, eval::TAU_ACT);
     lap("switch states", &mut rows);
     let conv = Convention::pytorch();
-    let grad = eval::ad(g, &ev, &states, &conv)?;
-    lap("AD vector (one reverse sweep)", &mut rows);
     let z: Vec<f64> = states.iter().map(|s| s.z).collect();
     let act: Vec<_> = states
         .iter()
@@ -59,9 +57,12 @@ fn main() -> Result<(), kinkcheck::Error> {
     lap("reduced active data (J_α, L̂, g0, b̂)", &mut rows);
     let st = Structure::compute(g, &data.active);
     lap("structure", &mut rows);
+    // as `verify` does: the AD vector from the reduced data, not one more sweep
+    let sigma: Vec<f64> = st.roles.iter().map(|&r| conv.sigma_tilde(r)).collect();
+    let grad = data.ad_sparse(&sigma);
+    lap("AD vector (from the reduced data)", &mut rows);
     let space = ReducedSpace::new(&data);
     lap("reduced space (Gram, eigen)", &mut rows);
-    let sigma: Vec<f64> = st.roles.iter().map(|&r| conv.sigma_tilde(r)).collect();
     let a = analyze::analyze(&data, &space, &st, Some(&sigma), &Default::default());
     lap("analyzer", &mut rows);
     let cert = kinkcheck::pieces::support_certificate(&data, &space, &sigma, &grad, 64);

@@ -25,11 +25,11 @@
 use crate::eval::{AbsRule, EvalError, Evaluation, ReverseSweeper, Seed};
 use crate::flat::Flatness;
 use crate::graph::{Graph, RelationKind, Role, SwitchId};
+use serde::Serialize;
 
 /// Fewest active switches for which [`ActiveData::compute`] runs the [`Flatness`] pre-pass
 /// (one forward pass over the graph) to spare the sweeps of the flat ones.
 pub const FLAT_MIN_K: usize = 64;
-use serde::Serialize;
 
 /// The abs-normal form at x̂ (sparse rows), in kinkcheck's scalar-output setting (m = 1).
 #[derive(Debug, Clone)]

@@ -149,6 +149,17 @@ impl Convention {
         self.sigma[role.index()]
     }
 
+    /// abs′ that AD uses at a switch of this role with argument `z`: sign(z) off the kink
+    /// (inside the near-active band too, as a framework's float comparison does), σ̃ at an
+    /// exact zero.
+    pub fn abs_derivative(&self, role: Role, z: f64) -> f64 {
+        if z == 0.0 {
+            self.sigma_tilde(role)
+        } else {
+            z.signum()
+        }
+    }
+
     /// The same convention with σ̃ = `value` for one role (clamped to [−1, 1]).
     pub fn with_rule(mut self, role: Role, value: f64) -> Self {
         self.sigma[role.index()] = value.clamp(-1.0, 1.0);

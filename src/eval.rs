@@ -1334,13 +1334,7 @@ pub fn switch_states(g: &Graph, ev: &Evaluation, tau_act: f64) -> Vec<SwitchStat
 pub fn convention_rules(states: &[SwitchState], conv: &Convention) -> Vec<AbsRule> {
     states
         .iter()
-        .map(|s| {
-            AbsRule::Factor(if s.z == 0.0 {
-                conv.sigma_tilde(s.role)
-            } else {
-                s.z.signum()
-            })
-        })
+        .map(|s| AbsRule::Factor(conv.abs_derivative(s.role, s.z)))
         .collect()
 }
 

@@ -468,19 +468,17 @@ impl Graph {
     pub fn nodes(&self) -> &[Node] {
         &self.nodes
     }
-    /// One node.
     /// Forward data movement of the pure-copy ops, on any per-element buffer laid out like the
     /// value buffer (values, tangents, magnitudes, the flat pre-pass's labels): `Gather` copies
     /// `out[k] = a[idx[k]]`, `Concat` copies its parts one after another into the slot at `off`.
-    /// Returns false (and touches nothing) for every other op.
-    pub(crate) fn move_elements<T: Copy>(&self, op: &Op, buf: &mut [T], off: usize) -> bool {
+    /// Touches nothing for every other op.
+    pub(crate) fn move_elements<T: Copy>(&self, op: &Op, buf: &mut [T], off: usize) {
         match op {
             Op::Gather(a, idx) => {
                 let oa = self.node(*a).offset;
                 for (k, &j) in idx.iter().enumerate() {
                     buf[off + k] = buf[oa + j];
                 }
-                true
             }
             Op::Concat(parts) => {
                 let mut k = off;
@@ -489,12 +487,12 @@ impl Graph {
                     buf.copy_within(n.offset..n.offset + n.len, k);
                     k += n.len;
                 }
-                true
             }
-            _ => false,
+            _ => {}
         }
     }
 
+    /// One node.
     pub fn node(&self, id: NodeId) -> &Node {
         &self.nodes[id.index()]
     }

@@ -256,14 +256,7 @@ fn run_stage(
         data.active
             .iter()
             .zip(&structure.roles)
-            .map(|(s, &r)| {
-                let zi = z[s.0];
-                if zi == 0.0 {
-                    opts.convention.sigma_tilde(r)
-                } else {
-                    zi.signum()
-                }
-            })
+            .map(|(s, &r)| opts.convention.abs_derivative(r, z[s.0]))
             .collect()
     });
     let analysis = analyze::analyze(
@@ -375,7 +368,10 @@ pub fn verify(problem: &Problem, point: &[f64], opts: &VerifyOptions) -> Result<
             let sigma: Vec<f64> = data
                 .active
                 .iter()
-                .map(|s| opts.convention.sigma_tilde(states[s.0].role))
+                .map(|s| {
+                    let st = &states[s.0];
+                    opts.convention.abs_derivative(st.role, st.z)
+                })
                 .collect();
             data.ad_sparse(&sigma)
         }
@@ -409,13 +405,9 @@ pub fn verify(problem: &Problem, point: &[f64], opts: &VerifyOptions) -> Result<
         }
     }
     let sigma = |s: &SwitchState| {
-        opts.gradient.is_none().then(|| {
-            if s.z == 0.0 {
-                opts.convention.sigma_tilde(s.role)
-            } else {
-                s.z.signum()
-            }
-        })
+        opts.gradient
+            .is_none()
+            .then(|| opts.convention.abs_derivative(s.role, s.z))
     };
     let active: Vec<ActiveSwitch> = states
         .iter()
