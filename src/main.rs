@@ -146,7 +146,7 @@ fn point(src: &SourceArgs, p: &Problem) -> Result<Vec<f64>, Error> {
     };
     if x.len() != p.var_names.len() {
         let names = if p.var_names.len() <= 8 {
-            format!(" ({})", p.var_names.join(", "))
+            format!(" ({})", p.var_names.to_vec().join(", "))
         } else {
             String::new()
         };

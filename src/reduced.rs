@@ -44,6 +44,59 @@ pub fn sym_eigen(a: &DMatrix<f64>) -> (Vec<f64>, DMatrix<f64>) {
     jacobi(a)
 }
 
+/// L⁻¹ of a lower-triangular L with a nonzero diagonal (column-major forward substitution
+/// that touches only the lower triangle: k³/6 multiply-adds); `None` on a zero or
+/// non-finite pivot.
+fn lower_triangular_inverse(l: &DMatrix<f64>) -> Option<DMatrix<f64>> {
+    let k = l.nrows();
+    let mut x = DMatrix::zeros(k, k);
+    for j in 0..k {
+        let xs = &mut x.as_mut_slice()[j * k..(j + 1) * k];
+        xs[j] = 1.0;
+        for m in j..k {
+            let d = l[(m, m)];
+            if !(d.is_finite() && d != 0.0) {
+                return None;
+            }
+            let xm = xs[m] / d;
+            xs[m] = xm;
+            if xm != 0.0 {
+                let lcol = &l.as_slice()[m * k..(m + 1) * k];
+                for (a, &b) in xs[m + 1..].iter_mut().zip(&lcol[m + 1..]) {
+                    *a -= b * xm;
+                }
+            }
+        }
+    }
+    Some(x)
+}
+
+/// The largest eigenvalue of a symmetric positive semidefinite operator `apply` on R^k, by
+/// power iteration from a fixed start: the Rayleigh quotient once it settles to `tol`
+/// relative (at most 200 steps; a lower estimate).
+fn extreme_eigenvalue(k: usize, tol: f64, apply: impl Fn(&DMatrix<f64>) -> DMatrix<f64>) -> f64 {
+    // a start with a component along every eigenvector, deterministically
+    let mut x = DMatrix::from_fn(k, 1, |i, _| {
+        1.0 + ((i as f64) * 0.618_033_988_749_895).fract()
+    });
+    x /= x.norm();
+    let mut rq = 0.0;
+    for _ in 0..200 {
+        let y = apply(&x);
+        let next = x.dot(&y);
+        let norm = y.norm();
+        if !(norm.is_finite() && norm > 0.0) {
+            return next;
+        }
+        x = y / norm;
+        if (next - rq).abs() <= tol * next.abs() {
+            return next;
+        }
+        rq = next;
+    }
+    rq
+}
+
 /// Cyclic Jacobi eigenvalue iteration for a symmetric matrix.
 fn jacobi(a0: &DMatrix<f64>) -> (Vec<f64>, DMatrix<f64>) {
     let n = a0.nrows();
@@ -97,21 +150,52 @@ fn jacobi(a0: &DMatrix<f64>) -> (Vec<f64>, DMatrix<f64>) {
     ((0..n).map(|i| a[(i, i)]).collect(), v)
 }
 
+/// Call `each(i, p, J_α[i,p])` for every nonzero, in chunks of `width` columns (ascending),
+/// the rows in order within a chunk.
+fn by_chunks(data: &ActiveData, width: usize, mut each: impl FnMut(usize, usize, f64)) {
+    let n = data.j.first().map_or(0, |r| r.len);
+    let mut cur = vec![0usize; data.j.len()];
+    let mut c0 = 0;
+    while c0 < n {
+        let c1 = (c0 + width).min(n);
+        for (i, row) in data.j.iter().enumerate() {
+            let mut t = cur[i];
+            while t < row.idx.len() && row.idx[t] < c1 {
+                each(i, row.idx[t], row.val[t]);
+                t += 1;
+            }
+            cur[i] = t;
+        }
+        c0 = c1;
+    }
+}
+
+/// Shortest run of columns that [`gram_matrix`] adds as one dense product.
+pub const GRAM_RUN: usize = 8;
+/// Longest such run (bounds the dense block at k × 1024: a dense layer's weight row of up to
+/// 1024 inputs is one run).
+pub const GRAM_RUN_MAX: usize = 1024;
+
 /// The Gram matrix G = J_α J_αᵀ of the sparse rows (THEORY §6.1, "sparse rows"), column by
 /// column: G = Σ_p J_α[:,p] J_α[:,p]ᵀ over the columns p that some row touches, at a cost of
-/// Σ_p nnz(column p)² instead of k² sparse merges. Columns are visited in ascending p, so every
-/// entry G_ij sums its products in the same order as the merge [`ActiveData::row_dot`] does
-/// (bitwise the same matrix).
+/// Σ_p nnz(column p)² instead of k² sparse merges. A run of at least [`GRAM_RUN`]
+/// consecutive columns touched by nearly the same rows (the inputs of one unit's weight row
+/// in a dense layer, touched by every switch downstream of that unit) is added as one dense
+/// product B Bᵀ over the union of its rows (`matrixmultiply`'s GEMM) when that costs at most
+/// twice the column-by-column products; other columns are visited in ascending p, their
+/// products added in the order the merge [`ActiveData::row_dot`] uses. (The sums are the
+/// same up to rounding, not bitwise.)
 pub fn gram_matrix(data: &ActiveData) -> DMatrix<f64> {
     let k = data.k();
     let n = data.j.first().map_or(0, |r| r.len);
-    // column lists (CSC) of the rows: counts, then (row, value) pairs grouped by column
+    // column lists (CSC) of the rows: counts, then (row, value) pairs grouped by column. Both
+    // passes go through the columns in chunks holding about 2¹⁵ nonzeros, every row's
+    // entries of one chunk at a time, so that the scattered writes stay within a cache-sized
+    // part of the arrays (row by row over millions of columns, nearly every write missed).
+    let total: usize = data.j.iter().map(|r| r.idx.len()).sum();
+    let width = ((n as u128 * (1 << 15)) / total.max(1) as u128).max(64) as usize;
     let mut start = vec![0u32; n + 1];
-    for row in &data.j {
-        for &p in &row.idx {
-            start[p + 1] += 1;
-        }
-    }
+    by_chunks(data, width, |_, p, _| start[p + 1] += 1);
     for p in 0..n {
         start[p + 1] += start[p];
     }
@@ -119,25 +203,83 @@ pub fn gram_matrix(data: &ActiveData) -> DMatrix<f64> {
     let mut fill = start.clone();
     let mut rows = vec![0u32; nnz];
     let mut vals = vec![0.0f64; nnz];
-    for (i, row) in data.j.iter().enumerate() {
-        for (&p, &v) in row.idx.iter().zip(&row.val) {
-            let at = fill[p] as usize;
-            rows[at] = i as u32;
-            vals[at] = v;
-            fill[p] += 1;
-        }
-    }
+    by_chunks(data, width, |i, p, v| {
+        let at = fill[p] as usize;
+        rows[at] = i as u32;
+        vals[at] = v;
+        fill[p] += 1;
+    });
     // lower triangle, row-major k×k (rows within a column are ascending)
     let mut lower = vec![0.0f64; k * k];
-    for p in 0..n {
-        let (a, b) = (start[p] as usize, start[p + 1] as usize);
-        for x in a..b {
-            let (i, vi) = (rows[x] as usize, vals[x]);
-            let base = i * k;
-            for y in a..=x {
-                lower[base + rows[y] as usize] += vi * vals[y];
+    let pattern = |p: usize| &rows[start[p] as usize..start[p + 1] as usize];
+    // A run of consecutive columns whose rows mostly coincide (the inputs of one unit's
+    // weight row, touched by every switch downstream of that unit, save where an input is 0)
+    // is added as one dense product B Bᵀ over the union of their rows, as long as that costs
+    // at most twice the column-by-column products.
+    let mut slot = vec![u32::MAX; k];
+    let mut union: Vec<u32> = Vec::new();
+    let mut p = 0;
+    while p < n {
+        union.clear();
+        let mut sparse_cost = 0usize;
+        let mut q = p;
+        while q < n && q - p < GRAM_RUN_MAX {
+            let fresh = pattern(q)
+                .iter()
+                .filter(|&&r| slot[r as usize] == u32::MAX)
+                .count();
+            let m = union.len() + fresh;
+            let cost = sparse_cost + pattern(q).len() * pattern(q).len();
+            if q > p && m * m * (q - p + 1) > 2 * cost {
+                break;
+            }
+            for &r in pattern(q) {
+                if slot[r as usize] == u32::MAX {
+                    slot[r as usize] = union.len() as u32;
+                    union.push(r);
+                }
+            }
+            sparse_cost = cost;
+            q += 1;
+        }
+        let m = union.len();
+        if q - p >= GRAM_RUN && m >= 2 {
+            // rows in ascending order, so that the lower triangle of B Bᵀ is that of G
+            union.sort_unstable();
+            for (x, &r) in union.iter().enumerate() {
+                slot[r as usize] = x as u32;
+            }
+            let mut block = DMatrix::zeros(m, q - p);
+            for c in p..q {
+                let (a, b) = (start[c] as usize, start[c + 1] as usize);
+                for x in a..b {
+                    block[(slot[rows[x] as usize] as usize, c - p)] = vals[x];
+                }
+            }
+            let prod = &block * block.transpose();
+            for y in 0..m {
+                let iy = union[y] as usize;
+                let col = &prod.as_slice()[y * m..(y + 1) * m];
+                for x in y..m {
+                    lower[union[x] as usize * k + iy] += col[x];
+                }
+            }
+        } else {
+            for c in p..q {
+                let (a, b) = (start[c] as usize, start[c + 1] as usize);
+                for x in a..b {
+                    let (i, vi) = (rows[x] as usize, vals[x]);
+                    let base = i * k;
+                    for y in a..=x {
+                        lower[base + rows[y] as usize] += vi * vals[y];
+                    }
+                }
             }
         }
+        for &r in &union {
+            slot[r as usize] = u32::MAX;
+        }
+        p = q;
     }
     let mut gram = DMatrix::zeros(k, k);
     for i in 0..k {
@@ -155,6 +297,9 @@ pub const RANK_TOL: f64 = 1e-7;
 /// Relative smallest singular value needed for LIKQ; between [`RANK_TOL`] and this value the
 /// rank is too close to call and LIKQ counts as failed (THEORY §6.6).
 pub const LIKQ_TOL: f64 = 1e-6;
+/// The Cholesky fast path certifies LIKQ only when λ_min(G) ≥ this · tr(G) (THEORY §6.6:
+/// far enough above LIKQ_TOL² that the rounding of G and of its factor cannot matter).
+pub const CHOL_MARGIN: f64 = 1e-8;
 /// Strict-LP margin above which a pattern is PL-realized, τ_lp.
 pub const TAU_LP: f64 = 1e-9;
 
@@ -167,9 +312,12 @@ pub struct ReducedSpace {
     pub r: usize,
     /// U (k×r): J_α = U Qᵀ.
     pub u: DMatrix<f64>,
-    /// V_r Λ_r^{−1/2} (k×r): lifting and projection through J_α.
+    /// W (k×r) with Wᵀ J_α = Qᵀ, i.e. Uᵀ W = I: lifting and projection through J_α
+    /// (V_r Λ_r^{−1/2} from the eigendecomposition, L⁻ᵀ from the Cholesky factor).
     w: DMatrix<f64>,
-    /// Singular values of J_α, descending.
+    /// Singular values of J_α, descending: all of them from the eigendecomposition; on the
+    /// Cholesky path (LIKQ certified, see [`ReducedSpace::new`]) only σ_max and σ_min,
+    /// estimated by power and inverse iteration.
     pub singular: Vec<f64>,
 }
 
@@ -187,6 +335,9 @@ impl ReducedSpace {
             };
         }
         let gram = gram_matrix(data);
+        if let Some(space) = Self::by_cholesky(&gram) {
+            return space;
+        }
         let (evals, evecs) = sym_eigen(&gram);
         let mut order: Vec<usize> = (0..k).collect();
         order.sort_by(|&a, &b| evals[b].total_cmp(&evals[a]));
@@ -216,6 +367,49 @@ impl ReducedSpace {
             w,
             singular,
         }
+    }
+
+    /// The LIKQ fast path: when the Gram matrix G = J_α J_αᵀ = L Lᵀ has a Cholesky factor
+    /// and the certified bound λ_min(G) ≥ 1/‖L⁻¹‖²_F (since ‖L⁻¹‖²_F = tr G⁻¹ = Σ 1/λᵢ) is
+    /// at least [`CHOL_MARGIN`] · tr G ≥ [`CHOL_MARGIN`] · λ_max, J_α has full rank far above
+    /// the LIKQ threshold (λ_min/λ_max > LIKQ_TOL² = 10⁻¹² with ten thousand times to spare
+    /// for rounding), and U = L, W = L⁻ᵀ give the reduced coordinates
+    /// (Q = L⁻¹ J_α has orthonormal rows). This costs k³/3 + k³/3 instead of the
+    /// eigendecomposition and its check (about 9 k³). Otherwise `None`: the caller takes the
+    /// eigendecomposition, which decides rank and LIKQ near the threshold.
+    fn by_cholesky(gram: &DMatrix<f64>) -> Option<Self> {
+        let k = gram.nrows();
+        let trace: f64 = (0..k).map(|i| gram[(i, i)]).sum();
+        if !(trace.is_finite() && trace > 0.0) {
+            return None;
+        }
+        let l = nalgebra::Cholesky::new(gram.clone())?.unpack();
+        let linv = lower_triangular_inverse(&l)?;
+        let frob2: f64 = linv.iter().map(|v| v * v).sum();
+        let lower = 1.0 / frob2;
+        if !(lower.is_finite() && lower >= CHOL_MARGIN * trace) {
+            return None;
+        }
+        // Reported values: λ_max by power iteration on G, λ_min by inverse iteration
+        // (x ← L⁻ᵀ L⁻¹ x, two triangular solves; the pivots are nonzero, as L⁻¹ exists);
+        // Rayleigh quotients, clamped into the certified ranges.
+        let (lmax, lmin) = (
+            extreme_eigenvalue(k, 1e-8, |x| gram * x),
+            1.0 / extreme_eigenvalue(k, 1e-12, |x| {
+                let y = l.solve_lower_triangular(x).unwrap_or_else(|| x.clone());
+                l.tr_solve_lower_triangular(&y).unwrap_or(y)
+            }),
+        );
+        // (max/min, not clamp: with k = 1 the bounds can cross by a rounding)
+        let lmax = lmax.min(trace).max(lower);
+        let lmin = lmin.min(lmax).max(lower);
+        Some(ReducedSpace {
+            k,
+            r: k,
+            u: l,
+            w: linv.transpose(),
+            singular: vec![lmax.sqrt(), lmin.sqrt()],
+        })
     }
 
     /// σ_min(J_α) (0 when k = 0).
@@ -320,9 +514,17 @@ impl ReducedSpace {
         }
         let rows = self.rows(data, sigma);
         let k = self.k;
-        let m = DMatrix::from_fn(k, k, |i, c| rows[i][c]);
-        let rhs = nalgebra::DVector::from_column_slice(sigma);
-        let e = m.lu().solve(&rhs)?;
+        // The rows are R = (I − L̂Σ)⁻¹ U, so R e = σ is U e = (I − L̂Σ) σ, and with U square
+        // and Uᵀ W = I, e = Wᵀ (I − L̂Σ) σ: one product instead of a factorization of R.
+        let rhs: Vec<f64> = (0..k)
+            .map(|i| {
+                let below: f64 = (0..i).map(|t| data.lhat[i][t] * sigma[t] * sigma[t]).sum();
+                sigma[i] - below
+            })
+            .collect();
+        let e: Vec<f64> = (0..k)
+            .map(|c| (0..k).map(|i| self.w[(i, c)] * rhs[i]).sum())
+            .collect();
         let scale = e.iter().fold(0.0f64, |a, v| a.max(v.abs()));
         if !(scale.is_finite() && scale > 0.0) {
             return None;
@@ -389,13 +591,60 @@ mod tests {
         let g = gram_matrix(&data);
         for i in 0..k {
             for j in 0..k {
-                // bitwise: same products, added in the same order
+                // bitwise: the patterns differ too much from column to column for a dense
+                // run to pay, so the same products are added in the same order
                 assert_eq!(
                     g[(i, j)].to_bits(),
                     data.row_dot(i.max(j), i.min(j)).to_bits()
                 );
             }
         }
+    }
+
+    #[test]
+    fn gram_with_runs_of_one_pattern() {
+        // rows 0, 2, 3 share columns 5..40 (a run), row 1 has columns 0..12 and 38..50, row 4
+        // is empty; non-dyadic values
+        let n = 50;
+        let dense = |i: usize, p: usize| -> f64 {
+            let on = match i {
+                0 | 2 | 3 => (5..40).contains(&p) || (i == 2 && p == 45),
+                1 => p < 12 || (38..50).contains(&p),
+                _ => false,
+            };
+            if on {
+                ((p * 7 + i * 13) % 11) as f64 / 3.0 - 1.7 + 1e-3 * i as f64
+            } else {
+                0.0
+            }
+        };
+        let rows: Vec<crate::anf::SparseRow> = (0..5)
+            .map(|i| {
+                crate::anf::SparseRow::from_dense(&(0..n).map(|p| dense(i, p)).collect::<Vec<_>>())
+            })
+            .collect();
+        let k = rows.len();
+        let data = ActiveData {
+            active: (0..k).map(crate::graph::SwitchId).collect(),
+            degenerate: vec![],
+            j: rows,
+            lhat: vec![vec![0.0; k]; k],
+            g0: vec![0.0; n],
+            bhat: vec![0.0; k],
+        };
+        let g = gram_matrix(&data);
+        for i in 0..k {
+            for j in 0..k {
+                let want: f64 = (0..n).map(|p| dense(i, p) * dense(j, p)).sum();
+                assert!(
+                    (g[(i, j)] - want).abs() <= 1e-13 * want.abs().max(1.0),
+                    "{i},{j}"
+                );
+                assert_eq!(g[(i, j)], g[(j, i)]);
+            }
+        }
+        assert_eq!(g[(4, 4)], 0.0);
+        assert_eq!(g[(1, 4)], 0.0);
     }
 
     #[test]

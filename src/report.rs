@@ -8,7 +8,7 @@ use crate::convention::Convention;
 use crate::error::Error;
 use crate::eval::ReverseSweeper;
 use crate::eval::{self, Activity, SwitchState};
-use crate::frontend::Problem;
+use crate::frontend::{Problem, VarNames};
 use crate::graph::{Graph, NodeId, SwitchId};
 pub use crate::pieces::Verdict;
 use crate::pieces::{self, Certificate, Check, CheckOptions, Status};
@@ -216,7 +216,7 @@ pub struct Report {
     pub complete: bool,
     pub lps: usize,
     /// Variable names, in order.
-    pub variables: Vec<String>,
+    pub variables: VarNames,
     /// The value f(x̂) and the number of switches s.
     pub value: f64,
     pub switches: usize,

@@ -42,7 +42,7 @@ impl PyProblem {
     /// Names of the variables, in the order of the gradient.
     #[getter]
     fn var_names(&self) -> Vec<String> {
-        self.inner.var_names.clone()
+        self.inner.var_names.to_vec()
     }
     /// Number of variables n.
     #[getter]
@@ -197,7 +197,7 @@ fn point(p: &Problem, at: Option<Vec<f64>>) -> Result<Vec<f64>, Error> {
     };
     if x.len() != p.var_names.len() {
         let names = if p.var_names.len() <= 8 {
-            format!(" ({})", p.var_names.join(", "))
+            format!(" ({})", p.var_names.to_vec().join(", "))
         } else {
             String::new()
         };

@@ -4,11 +4,13 @@
 //! with named variables and, for networks, the point carried by the description.
 
 pub mod kc;
+pub mod names;
 pub mod network;
 pub mod onnx;
 pub mod onnx_proto;
 pub mod program;
 
+pub use names::VarNames;
 pub use program::compile;
 
 use crate::error::Error;
@@ -21,7 +23,7 @@ use std::path::Path;
 #[derive(Debug, Clone)]
 pub struct Problem {
     pub graph: Graph,
-    pub var_names: Vec<String>,
+    pub var_names: VarNames,
     pub point: Option<Vec<f64>>,
 }
 

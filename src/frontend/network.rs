@@ -48,7 +48,7 @@
 //! §5.3 discusses when AD's choices at such kinks are still Clarke gradients (E12, E13, E14
 //! of THEORY §8 are tests of this module).
 
-use super::Problem;
+use super::{Problem, VarNames};
 use crate::error::Error;
 use crate::graph::{Graph, NodeId, Origin, Smooth};
 use crate::lower;
@@ -613,20 +613,15 @@ impl Network {
     }
 
     /// The names of the parameters, in variable order: `W1[i,j]`, `b1[i]`, `W2[i,j]`, …
-    pub fn param_names(&self) -> Vec<String> {
-        let mut names = Vec::with_capacity(self.n_params());
+    pub fn param_names(&self) -> VarNames {
+        let mut names = VarNames::default();
         let mut d = 0;
         for l in &self.layers {
             if let Layer::Dense { weights, bias } = l {
                 d += 1;
-                for (i, row) in weights.iter().enumerate() {
-                    for j in 0..row.len() {
-                        names.push(format!("W{d}[{i},{j}]"));
-                    }
-                }
-                for i in 0..bias.len() {
-                    names.push(format!("b{d}[{i}]"));
-                }
+                let k = weights.first().map_or(0, Vec::len);
+                names.push_tensor(format!("W{d}"), &[weights.len(), k]);
+                names.push_tensor(format!("b{d}"), &[bias.len()]);
             }
         }
         names
@@ -690,9 +685,10 @@ impl Network {
                 (n, self.param_names(), self.params())
             }
             Wrt::Inputs => {
-                let names = (0..n_samples)
-                    .flat_map(|s| (0..k0).map(move |j| format!("x[{s}][{j}]")))
-                    .collect();
+                let mut names = VarNames::default();
+                for s in 0..n_samples {
+                    names.push_tensor(format!("x[{s}]"), &[k0]);
+                }
                 (n_samples * k0, names, data.inputs.concat())
             }
         };
@@ -778,7 +774,7 @@ impl Network {
 pub(crate) fn objective(
     mut g: Graph,
     losses: Vec<NodeId>,
-    var_names: Vec<String>,
+    var_names: VarNames,
     point: Vec<f64>,
 ) -> Result<Problem, Error> {
     g.set_origin(Origin::Internal);

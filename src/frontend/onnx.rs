@@ -74,7 +74,7 @@
 
 use super::network::{sample_loss, Data, Loss, Wrt};
 use super::onnx_proto::{AttrValue, Model, Node};
-use super::Problem;
+use super::{Problem, VarNames};
 use crate::error::Error;
 use crate::graph::{ConvSpec, Graph, NodeId, Origin, Role, Smooth};
 use crate::lower;
@@ -122,57 +122,6 @@ fn multi_indices(shape: &[usize]) -> Vec<Vec<usize>> {
         }
     }
     out
-}
-
-/// Names of the elements of a tensor `base` with `shape`: `base[i,j]`, or `base` for a
-/// scalar. Written digit by digit into one buffer (a model has one name per parameter, and
-/// `format!` per name was a fifth of a whole `verify` of a 270k-parameter MLP).
-fn element_names(base: &str, shape: &[usize]) -> Vec<String> {
-    if shape.is_empty() {
-        return vec![base.to_string()];
-    }
-    let n = numel(shape);
-    let mut out = Vec::with_capacity(n);
-    let mut idx = vec![0usize; shape.len()];
-    let mut buf = String::with_capacity(base.len() + 8 * shape.len() + 2);
-    for _ in 0..n {
-        buf.clear();
-        buf.push_str(base);
-        buf.push('[');
-        for (d, &i) in idx.iter().enumerate() {
-            if d > 0 {
-                buf.push(',');
-            }
-            push_decimal(&mut buf, i);
-        }
-        buf.push(']');
-        out.push(buf.as_str().to_owned());
-        for d in (0..shape.len()).rev() {
-            idx[d] += 1;
-            if idx[d] < shape[d] {
-                break;
-            }
-            idx[d] = 0;
-        }
-    }
-    out
-}
-
-/// Append the decimal digits of `v`.
-fn push_decimal(buf: &mut String, mut v: usize) {
-    let mut digits = [0u8; 20];
-    let mut at = digits.len();
-    loop {
-        at -= 1;
-        digits[at] = b'0' + (v % 10) as u8;
-        v /= 10;
-        if v == 0 {
-            break;
-        }
-    }
-    for &d in &digits[at..] {
-        buf.push(d as char);
-    }
 }
 
 /// Lowering state shared by all samples.
@@ -313,7 +262,7 @@ pub fn problem_with(
     let mut offsets = HashMap::new();
     let (n_vars, var_names, point) = match wrt {
         Wrt::Params => {
-            let mut names = Vec::new();
+            let mut names = VarNames::default();
             let mut point = Vec::new();
             for t in model
                 .initializers
@@ -324,7 +273,7 @@ pub fn problem_with(
                     continue;
                 }
                 offsets.insert(t.name.as_str(), point.len());
-                names.extend(element_names(&t.name, &t.dims));
+                names.push_tensor(t.name.as_str(), &t.dims);
                 point.extend_from_slice(&t.data);
             }
             if point.is_empty() {
@@ -335,9 +284,9 @@ pub fn problem_with(
             (point.len(), names, point)
         }
         Wrt::Inputs => {
-            let mut names = Vec::with_capacity(n_samples * k);
+            let mut names = VarNames::default();
             for s in 0..n_samples {
-                names.extend(element_names(&format!("{}[{s}]", input.name), &in_shape));
+                names.push_tensor(format!("{}[{s}]", input.name), &in_shape);
             }
             (n_samples * k, names, data.inputs.concat())
         }
@@ -2289,14 +2238,19 @@ mod tests {
             multi_indices(&[2, 2]),
             [vec![0, 0], vec![0, 1], vec![1, 0], vec![1, 1]]
         );
-        assert_eq!(element_names("W", &[1, 2]), ["W[0,0]", "W[0,1]"]);
-        assert_eq!(element_names("c", &[]), ["c"]);
-        let names = element_names("t", &[2, 11, 3]);
-        assert_eq!(names.len(), 66);
-        assert_eq!(names[0], "t[0,0,0]");
-        assert_eq!(names[32], "t[0,10,2]");
-        assert_eq!(names[65], "t[1,10,2]");
-        assert!(element_names("e", &[3, 0]).is_empty());
+        let names = |base: &str, shape: &[usize]| {
+            let mut v = VarNames::default();
+            v.push_tensor(base, shape);
+            v
+        };
+        assert_eq!(names("W", &[1, 2]), ["W[0,0]", "W[0,1]"]);
+        assert_eq!(names("c", &[]), ["c"]);
+        let t = names("t", &[2, 11, 3]).to_vec();
+        assert_eq!(t.len(), 66);
+        assert_eq!(t[0], "t[0,0,0]");
+        assert_eq!(t[32], "t[0,10,2]");
+        assert_eq!(t[65], "t[1,10,2]");
+        assert!(names("e", &[3, 0]).is_empty());
     }
 
     #[test]

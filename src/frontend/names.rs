@@ -1,0 +1,312 @@
+//! Names of the differentiation variables, in the order of the gradient.
+//!
+//! A model has one variable per parameter (270 k for a small MLP), and nearly all of them are
+//! the elements of a few tensors. [`VarNames`] stores the tensors (a base name and a shape)
+//! and spells an element's name, `base[i,j]`, only when it is asked for: when the report is
+//! written, the name is formatted straight into the JSON output, one allocation-free pass.
+
+use serde::ser::{Serialize, SerializeSeq, Serializer};
+use std::fmt;
+
+/// A run of consecutive variables: the elements of a tensor `base` with `shape`, row-major,
+/// named `base[i,j,…]`; with an empty shape, the one variable `base`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Run {
+    base: String,
+    shape: Vec<usize>,
+    /// Index of the run's first variable.
+    start: usize,
+}
+
+impl Run {
+    fn len(&self) -> usize {
+        self.shape.iter().product()
+    }
+}
+
+/// The names of the variables x₁ … xₙ, stored as runs of tensor elements.
+///
+/// ```
+/// use kinkcheck::frontend::VarNames;
+/// let mut v = VarNames::default();
+/// v.push_tensor("W1", &[2, 3]);
+/// v.push("t");
+/// assert_eq!(v.len(), 7);
+/// assert_eq!(v.get(4).as_deref(), Some("W1[1,1]"));
+/// assert_eq!(v, ["W1[0,0]", "W1[0,1]", "W1[0,2]", "W1[1,0]", "W1[1,1]", "W1[1,2]", "t"]);
+/// ```
+#[derive(Debug, Clone, Default)]
+pub struct VarNames {
+    runs: Vec<Run>,
+    len: usize,
+}
+
+impl VarNames {
+    /// Append one variable named `name`.
+    pub fn push(&mut self, name: impl Into<String>) {
+        self.runs.push(Run {
+            base: name.into(),
+            shape: Vec::new(),
+            start: self.len,
+        });
+        self.len += 1;
+    }
+
+    /// Append the elements of a tensor `base` with `shape` (row-major), named `base[i,j,…]`;
+    /// a scalar (empty shape) is the one variable `base`. A tensor with no elements adds none.
+    pub fn push_tensor(&mut self, base: impl Into<String>, shape: &[usize]) {
+        let run = Run {
+            base: base.into(),
+            shape: shape.to_vec(),
+            start: self.len,
+        };
+        let n = run.len();
+        if n > 0 {
+            self.len += n;
+            self.runs.push(run);
+        }
+    }
+
+    /// The number of variables n.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The name of variable `i` (0-based), if there is one.
+    pub fn get(&self, i: usize) -> Option<String> {
+        self.name(i).map(|n| n.to_string())
+    }
+
+    /// The name of variable `i` as a value that formats it, without allocating.
+    fn name(&self, i: usize) -> Option<Name<'_>> {
+        if i >= self.len {
+            return None;
+        }
+        // The runs are sorted by `start`; the last one starting at or before `i` holds it.
+        let r = self.runs.partition_point(|r| r.start <= i) - 1;
+        let run = &self.runs[r];
+        Some(Name {
+            run,
+            offset: i - run.start,
+        })
+    }
+
+    /// Every name, in order.
+    pub fn iter(&self) -> impl Iterator<Item = String> + '_ {
+        (0..self.len).filter_map(|i| self.get(i))
+    }
+
+    /// Every name, in order, as owned strings.
+    pub fn to_vec(&self) -> Vec<String> {
+        let mut out = Vec::with_capacity(self.len);
+        let _ = self.for_each(|n| -> Result<(), ()> {
+            out.push(n.to_string());
+            Ok(())
+        });
+        out
+    }
+}
+
+impl<S: Into<String>> FromIterator<S> for VarNames {
+    /// One plain variable per name.
+    fn from_iter<I: IntoIterator<Item = S>>(names: I) -> Self {
+        let mut v = VarNames::default();
+        for n in names {
+            v.push(n);
+        }
+        v
+    }
+}
+
+impl PartialEq for VarNames {
+    /// Equal when they name the same variables in the same order (however they are stored).
+    fn eq(&self, other: &Self) -> bool {
+        self.len == other.len && self.iter().eq(other.iter())
+    }
+}
+
+impl<S: AsRef<str>> PartialEq<[S]> for VarNames {
+    fn eq(&self, other: &[S]) -> bool {
+        self.len == other.len() && self.iter().zip(other).all(|(a, b)| a == b.as_ref())
+    }
+}
+
+impl<S: AsRef<str>, const N: usize> PartialEq<[S; N]> for VarNames {
+    fn eq(&self, other: &[S; N]) -> bool {
+        *self == other[..]
+    }
+}
+
+impl<S: AsRef<str>> PartialEq<Vec<S>> for VarNames {
+    fn eq(&self, other: &Vec<S>) -> bool {
+        *self == other[..]
+    }
+}
+
+/// Element `offset` of a run, formatted on demand.
+struct Name<'a> {
+    run: &'a Run,
+    offset: usize,
+}
+
+impl fmt::Display for Name<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.run.base)?;
+        let shape = &self.run.shape;
+        if shape.is_empty() {
+            return Ok(());
+        }
+        // Row-major multi-index of `offset`, most significant first (on the stack for up to
+        // eight dimensions).
+        let mut small = [0usize; 8];
+        let mut large = Vec::new();
+        let idx: &mut [usize] = if shape.len() <= small.len() {
+            &mut small[..shape.len()]
+        } else {
+            large.resize(shape.len(), 0);
+            &mut large
+        };
+        let mut offset = self.offset;
+        for (d, &n) in shape.iter().enumerate().rev() {
+            idx[d] = offset % n;
+            offset /= n;
+        }
+        write_digits(f, idx)
+    }
+}
+
+fn write_digits(f: &mut fmt::Formatter<'_>, idx: &[usize]) -> fmt::Result {
+    let mut t = String::from("[");
+    for (d, &i) in idx.iter().enumerate() {
+        if d > 0 {
+            t.push(',');
+        }
+        push_decimal(&mut t, i);
+    }
+    t.push(']');
+    f.write_str(&t)
+}
+
+impl VarNames {
+    /// Call `each` with every name, in order, from one reused buffer: a run's base is copied
+    /// once per name and the digits of its indices come from a table built once per run, so
+    /// a name costs a few short copies (serializing 270 k names through `format!` or
+    /// `collect_str` was a third of a whole `verify` of an MLP).
+    pub fn for_each<E>(&self, mut each: impl FnMut(&str) -> Result<(), E>) -> Result<(), E> {
+        let mut buf = String::new();
+        for run in &self.runs {
+            if run.shape.is_empty() {
+                each(&run.base)?;
+                continue;
+            }
+            // digits[ends[i]..ends[i + 1]] is the decimal of i, for i < the largest extent.
+            let extent = run.shape.iter().copied().max().unwrap_or(0);
+            let mut digits = String::with_capacity(extent * 6);
+            let mut ends = Vec::with_capacity(extent + 1);
+            ends.push(0);
+            for i in 0..extent {
+                push_decimal(&mut digits, i);
+                ends.push(digits.len());
+            }
+            let mut idx = vec![0usize; run.shape.len()];
+            for _ in 0..run.len() {
+                buf.clear();
+                buf.push_str(&run.base);
+                buf.push('[');
+                for (d, &i) in idx.iter().enumerate() {
+                    if d > 0 {
+                        buf.push(',');
+                    }
+                    buf.push_str(&digits[ends[i]..ends[i + 1]]);
+                }
+                buf.push(']');
+                each(&buf)?;
+                for d in (0..idx.len()).rev() {
+                    idx[d] += 1;
+                    if idx[d] < run.shape[d] {
+                        break;
+                    }
+                    idx[d] = 0;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Append the decimal digits of `v`.
+fn push_decimal(out: &mut String, mut v: usize) {
+    let mut digits = [0u8; 20];
+    let mut at = digits.len();
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (v % 10) as u8;
+        v /= 10;
+        if v == 0 {
+            break;
+        }
+    }
+    for &d in &digits[at..] {
+        out.push(char::from(d));
+    }
+}
+
+impl Serialize for VarNames {
+    /// A sequence of strings, written by [`VarNames::for_each`].
+    fn serialize<Ser: Serializer>(&self, s: Ser) -> Result<Ser::Ok, Ser::Error> {
+        let mut seq = s.serialize_seq(Some(self.len))?;
+        self.for_each(|name| seq.serialize_element(name))?;
+        seq.end()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_of_runs() {
+        let mut v = VarNames::default();
+        v.push_tensor("a", &[]);
+        v.push_tensor("empty", &[0, 3]);
+        v.push_tensor("x[1]", &[2, 1, 2]);
+        v.push("last");
+        let want = [
+            "a",
+            "x[1][0,0,0]",
+            "x[1][0,0,1]",
+            "x[1][1,0,0]",
+            "x[1][1,0,1]",
+            "last",
+        ];
+        assert_eq!(v, want);
+        assert_eq!(v.len(), 6);
+        assert_eq!(v.get(6), None);
+        assert_eq!(
+            serde_json::to_string(&v).unwrap(),
+            serde_json::to_string(&want).unwrap()
+        );
+        let plain: VarNames = want.iter().copied().collect();
+        assert_eq!(plain, v);
+        assert_ne!(plain, VarNames::default());
+    }
+
+    #[test]
+    fn deep_and_wide_indices() {
+        let mut v = VarNames::default();
+        let shape = [1, 1, 1, 1, 1, 1, 1, 1, 1, 12];
+        v.push_tensor("t", &shape);
+        assert_eq!(v.get(11).as_deref(), Some("t[0,0,0,0,0,0,0,0,0,11]"));
+        let mut w = VarNames::default();
+        w.push_tensor("w", &[3, 100_000]);
+        assert_eq!(w.get(234_567).as_deref(), Some("w[2,34567]"));
+        // Names with quotes are escaped in JSON.
+        let mut q = VarNames::default();
+        q.push_tensor("a\"b", &[1]);
+        assert_eq!(serde_json::to_string(&q).unwrap(), r#"["a\"b[0]"]"#);
+    }
+}
