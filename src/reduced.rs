@@ -623,6 +623,19 @@ impl ReducedSpace {
 mod tests {
     use super::*;
 
+    /// Active data with only these rows of J_α (over n variables): L̂, g0, b̂ zero.
+    fn rows_only(rows: Vec<crate::anf::SparseRow>, n: usize) -> ActiveData {
+        let k = rows.len();
+        ActiveData {
+            active: (0..k).map(crate::graph::SwitchId).collect(),
+            degenerate: vec![],
+            j: rows,
+            lhat: vec![vec![0.0; k]; k],
+            g0: vec![0.0; n],
+            bhat: vec![0.0; k],
+        }
+    }
+
     #[test]
     fn gram_by_columns_equals_row_merges() {
         // sparse rows with overlapping and disjoint supports, non-dyadic values
@@ -642,14 +655,7 @@ mod tests {
             })
             .collect();
         let k = rows.len();
-        let data = ActiveData {
-            active: (0..k).map(crate::graph::SwitchId).collect(),
-            degenerate: vec![],
-            j: rows,
-            lhat: vec![vec![0.0; k]; k],
-            g0: vec![0.0; n],
-            bhat: vec![0.0; k],
-        };
+        let data = rows_only(rows, n);
         let g = gram_matrix(&data);
         for i in 0..k {
             for j in 0..k {
@@ -710,16 +716,8 @@ mod tests {
                 crate::anf::SparseRow::from_dense(&(0..n).map(|p| dense(i, p)).collect::<Vec<_>>())
             })
             .collect();
-        let k = rows.len();
-        let data = ActiveData {
-            active: (0..k).map(crate::graph::SwitchId).collect(),
-            degenerate: vec![],
-            j: rows,
-            lhat: vec![vec![0.0; k]; k],
-            g0: vec![0.0; n],
-            bhat: vec![0.0; k],
-        };
-        let g = gram_matrix(&data);
+        let g = gram_matrix(&rows_only(rows, n));
+        let k = g.nrows();
         for i in 0..k {
             for j in 0..k {
                 let want: f64 = (0..n).map(|p| dense(i, p) * dense(j, p)).sum();
