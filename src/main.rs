@@ -214,7 +214,7 @@ fn run(cli: Cli) -> Result<ExitCode, Error> {
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Verify(args) => {
-            let mut p = load(&args.src)?;
+            let p = load(&args.src)?;
             let x = point(&args.src, &p)?;
             let mut opts = VerifyOptions::new(Convention::parse(&args.convention)?);
             if let Some(gtext) = &args.gradient {
@@ -238,11 +238,7 @@ fn run(cli: Cli) -> Result<ExitCode, Error> {
             if args.write_gradient.is_some() {
                 opts.repair = kinkcheck::report::Repair::Always;
             }
-            // The report carries the variable names; move them instead of cloning one string
-            // per variable (`verify` reads nothing else from them).
-            let names = std::mem::take(&mut p.var_names);
-            let mut report = kinkcheck::verify(&p, &x, &opts)?;
-            report.variables = names;
+            let report = kinkcheck::verify(&p, &x, &opts)?;
             if let Some(path) = &args.write_gradient {
                 match &report.clarke_gradient {
                     Some(c) => {

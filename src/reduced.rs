@@ -379,7 +379,7 @@ pub struct ReducedSpace {
     w: DMatrix<f64>,
     /// Singular values of J_α, descending: all of them from the eigendecomposition; on the
     /// Cholesky path (LIKQ certified, see [`ReducedSpace::new`]) only σ_max and σ_min,
-    /// estimated by power and inverse iteration.
+    /// Lanczos estimates within the certified bounds.
     pub singular: Vec<f64>,
 }
 
@@ -452,9 +452,9 @@ impl ReducedSpace {
         if !(lower.is_finite() && lower >= CHOL_MARGIN * trace) {
             return None;
         }
-        // Reported values: λ_max by power iteration on G, λ_min by inverse iteration
-        // (x ← L⁻ᵀ L⁻¹ x, two triangular solves; the pivots are nonzero, as L⁻¹ exists);
-        // Rayleigh quotients, clamped into the certified ranges.
+        // Reported values: λ_max by Lanczos on G, λ_min by Lanczos on G⁻¹ (x ← L⁻ᵀ L⁻¹ x,
+        // two triangular solves; the pivots are nonzero, as L⁻¹ exists); Ritz values,
+        // clamped into the certified ranges λ_min ≥ lower, λ_max ≤ tr G.
         let (lmax, lmin) = (
             extreme_eigenvalue(k, 1e-8, |x| gram * x),
             1.0 / extreme_eigenvalue(k, 1e-12, |x| {
