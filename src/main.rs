@@ -3,10 +3,15 @@
 use clap::{Args, Parser, Subcommand};
 use kinkcheck::frontend;
 use kinkcheck::frontend::network::{Loss, Wrt};
-use kinkcheck::{anf, eval, Convention, Error, Problem, VerifyOptions};
+use kinkcheck::{anf, eval, Convention, Error, Problem, Report, VerifyOptions};
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
+
+mod huge;
+
+#[global_allocator]
+static ALLOC: huge::HugePages = huge::HugePages;
 
 #[derive(Parser)]
 #[command(
@@ -256,7 +261,7 @@ fn run(cli: Cli) -> Result<ExitCode, Error> {
                 }
             }
             if args.src.json {
-                emit_json(&report)?;
+                emit_report(&report)?;
             } else {
                 emit(&report.human());
             }
@@ -271,13 +276,13 @@ fn emit(text: &str) {
     let _ = out.write_all(text.as_bytes()).and_then(|_| out.flush());
 }
 
-/// Stream a JSON value to stdout through a buffer (the report of a large network holds
+/// Stream the JSON report to stdout ([`Report::write_json`]: a large network's report holds
 /// hundreds of thousands of numbers and names); a closed pipe is not an error.
-fn emit_json<T: serde::Serialize>(value: &T) -> Result<(), Error> {
-    let mut out = std::io::BufWriter::with_capacity(1 << 16, std::io::stdout().lock());
-    let written = serde_json::to_writer(&mut out, value);
-    match written {
-        Err(e) if !e.is_io() => Err(Error::input(e.to_string())),
+fn emit_report(report: &Report) -> Result<(), Error> {
+    let mut out = std::io::BufWriter::with_capacity(1 << 16, raw_stdout());
+    match report.write_json(&mut out) {
+        // a serialization error; an error of writing is a closed pipe
+        Err(e) if e.kind() == std::io::ErrorKind::InvalidData => Err(Error::input(e.to_string())),
         _ => {
             let _ = out.write_all(b"\n").and_then(|_| out.flush());
             Ok(())
@@ -285,7 +290,22 @@ fn emit_json<T: serde::Serialize>(value: &T) -> Result<(), Error> {
     }
 }
 
+/// Stdout without its line buffering, for a long text with no newlines (stdout's line
+/// writer searches every chunk for one): a duplicate of its descriptor, where there is one
+/// (nothing was written through `stdout()` before, so nothing is reordered).
+fn raw_stdout() -> Box<dyn Write> {
+    #[cfg(unix)]
+    {
+        use std::os::fd::AsFd;
+        if let Ok(fd) = std::io::stdout().as_fd().try_clone_to_owned() {
+            return Box::new(std::fs::File::from(fd));
+        }
+    }
+    Box::new(std::io::stdout().lock())
+}
+
 fn main() -> ExitCode {
+    huge::tune();
     let cli = Cli::parse();
     match run(cli) {
         Ok(code) => code,

@@ -226,6 +226,78 @@ pub struct Report {
     pub assumptions: Vec<String>,
 }
 
+impl Report {
+    /// Write the report as JSON (CONTRACT §4): the text `serde_json` writes for `self`, but
+    /// the two arrays with one entry per variable (`gradient`, `variables`) are streamed
+    /// through one reused buffer, without serde's per-element calls; every other field goes
+    /// through `serde_json`. A test compares both texts on reports with every field.
+    ///
+    /// ```
+    /// use kinkcheck::{compile, verify, Convention, VerifyOptions};
+    /// let p = compile("vars x\nf = relu(x) - relu(-x)\n").unwrap();
+    /// let r = verify(&p, &[0.0], &VerifyOptions::new(Convention::pytorch())).unwrap();
+    /// let mut text = Vec::new();
+    /// r.write_json(&mut text).unwrap();
+    /// assert_eq!(text, serde_json::to_vec(&r).unwrap());
+    /// ```
+    pub fn write_json<W: std::io::Write + ?Sized>(&self, w: &mut W) -> std::io::Result<()> {
+        fn field<W: std::io::Write + ?Sized, T: Serialize + ?Sized>(
+            w: &mut W,
+            first: bool,
+            name: &str,
+            value: &T,
+        ) -> std::io::Result<()> {
+            w.write_all(if first { b"{\"" } else { b",\"" })?;
+            w.write_all(name.as_bytes())?;
+            w.write_all(b"\":")?;
+            serde_json::to_writer(&mut *w, value).map_err(std::io::Error::from)
+        }
+        field(w, true, "verdict", &self.verdict)?;
+        field(w, false, "reason", &self.reason)?;
+        w.write_all(b",\"gradient\":")?;
+        write_json_floats(&self.gradient, w)?;
+        field(w, false, "convention", &self.convention)?;
+        field(w, false, "active", &self.active)?;
+        field(w, false, "analyzer", &self.analyzer)?;
+        field(w, false, "pieces", &self.pieces)?;
+        if let Some(c) = &self.certificate {
+            field(w, false, "certificate", c)?;
+        }
+        if let Some(c) = &self.clarke_gradient {
+            field(w, false, "clarke_gradient", c)?;
+        }
+        field(w, false, "blocks", &self.blocks)?;
+        field(w, false, "complete", &self.complete)?;
+        field(w, false, "lps", &self.lps)?;
+        w.write_all(b",\"variables\":")?;
+        self.variables.write_json(w)?;
+        field(w, false, "value", &self.value)?;
+        field(w, false, "switches", &self.switches)?;
+        field(w, false, "assumptions", &self.assumptions)?;
+        w.write_all(b"}")
+    }
+}
+
+/// Write `v` as a JSON array: the text `serde_json` writes for it (shortest round trip, by
+/// the same `zmij` formatter; `null` for NaN and infinities), through one reused buffer.
+pub fn write_json_floats<W: std::io::Write + ?Sized>(v: &[f64], w: &mut W) -> std::io::Result<()> {
+    let mut out = crate::frontend::names::JsonBuf::new(w);
+    let mut buf = zmij::Buffer::new();
+    out.byte(b'[')?;
+    for (i, &x) in v.iter().enumerate() {
+        if i > 0 {
+            out.byte(b',')?;
+        }
+        if x.is_finite() {
+            out.push(buf.format_finite(x).as_bytes())?;
+        } else {
+            out.push(b"null")?;
+        }
+    }
+    out.byte(b']')?;
+    out.finish()
+}
+
 /// LP budget of the reporting-only enumeration after a guaranteed IN (k ≤ 12 switches, at most
 /// 64 pieces: the prefix search needs at most 2k·64 = 1536 strict LPs, THEORY §6.3).
 const REPORT_LPS: usize = 1024;
@@ -936,5 +1008,51 @@ impl Report {
             );
         }
         s
+    }
+}
+
+#[cfg(test)]
+mod json_tests {
+    use super::*;
+
+    #[test]
+    fn floats_as_serde_json_writes_them() {
+        let mut v = vec![
+            0.0,
+            -0.0,
+            1.0,
+            -1.5,
+            0.1,
+            1e300,
+            -2.5e-308,
+            5e-324,
+            f64::MAX,
+            f64::MIN_POSITIVE,
+            f64::NAN,
+            f64::INFINITY,
+            f64::NEG_INFINITY,
+            123456789.0,
+            1e16,
+            1e-7,
+        ];
+        let mut s = 0x9e3779b97f4a7c15u64;
+        for _ in 0..2000 {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            v.push(f64::from_bits(s));
+            v.push((s >> 11) as f64 / (1u64 << 40) as f64 - 4096.0);
+        }
+        let text = floats_json(&v);
+        assert_eq!(text, serde_json::to_string(&v).unwrap());
+        assert_eq!(floats_json(&[]), "[]");
+        let many: Vec<f64> = (0..20_000).map(|i| i as f64 / 7.0).collect();
+        assert_eq!(floats_json(&many), serde_json::to_string(&many).unwrap());
+    }
+
+    fn floats_json(v: &[f64]) -> String {
+        let mut out = Vec::new();
+        write_json_floats(v, &mut out).unwrap();
+        String::from_utf8(out).unwrap()
     }
 }

@@ -221,3 +221,37 @@ fn abs_normal_forms_match() {
     }
     assert!(checked >= 14, "only {checked} ANF checks ran");
 }
+
+/// `Report::write_json` (the CLI's streaming writer) writes the same text as serde_json, on
+/// every fixture and convention: reports with and without a certificate and a Clarke gradient.
+#[test]
+fn streamed_json_is_serde_jsons() {
+    let (mut with_cert, mut with_clarke, mut without) = (0, 0, 0);
+    for (path, case) in cases() {
+        let p = kinkcheck::compile(case["program"].as_str().unwrap()).unwrap();
+        let x = vecf(&case["at"]);
+        for conv in ["pytorch", "jax", "tensorflow", "sigma=0"] {
+            let opts = common::verify_options(Convention::parse(conv).unwrap());
+            let Ok(r) = kinkcheck::verify(&p, &x, &opts) else {
+                continue;
+            };
+            with_cert += usize::from(r.certificate.is_some());
+            with_clarke += usize::from(r.clarke_gradient.is_some());
+            // the optional fields are skipped the same way
+            let mut bare = r.clone();
+            bare.certificate = None;
+            bare.clarke_gradient = None;
+            for r in [r, bare] {
+                let mut text = Vec::new();
+                r.write_json(&mut text).unwrap();
+                let want = serde_json::to_string(&r).unwrap();
+                assert_eq!(String::from_utf8(text).unwrap(), want, "{path:?} {conv}");
+                without += usize::from(r.certificate.is_none() || r.clarke_gradient.is_none());
+            }
+        }
+    }
+    assert!(
+        with_cert > 10 && with_clarke > 10 && without > 0,
+        "{with_cert} {with_clarke} {without}"
+    );
+}

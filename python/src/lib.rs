@@ -254,7 +254,12 @@ fn verify<'py>(
             }
             opts.check.timeout = std::time::Duration::from_secs_f64(timeout.min(1e6));
             let mut report = kinkcheck::verify(&p, &x, &opts)?;
-            let text = serde_json::to_string(&report).map_err(|e| Error::input(e.to_string()))?;
+            let mut text = Vec::new();
+            report
+                .write_json(&mut text)
+                .map_err(|e| Error::input(e.to_string()))?;
+            // the writer writes UTF-8 only (serde_json's text and ASCII)
+            let text = String::from_utf8(text).map_err(|e| Error::input(e.to_string()))?;
             Ok((text, std::mem::take(&mut report.gradient)))
         })
         .map_err(input_err)?;

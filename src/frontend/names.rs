@@ -255,6 +255,120 @@ fn push_decimal(out: &mut String, mut v: usize) {
     }
 }
 
+impl VarNames {
+    /// Write the names as one JSON array of strings, `["a[0,0]","a[0,1]",…]`: the same text
+    /// `serde_json` writes for [`Self::to_vec`] (and for `self`), but a run's base is escaped
+    /// once and the rest of a name (brackets, digits, commas) never needs escaping, so a name
+    /// costs a few copies into one reused buffer (escaping every name again was a tenth of a
+    /// whole `verify` of an MLP).
+    pub fn write_json<W: std::io::Write + ?Sized>(&self, w: &mut W) -> std::io::Result<()> {
+        let mut out = JsonBuf::new(w);
+        out.push(b"[")?;
+        let mut first = true;
+        for run in &self.runs {
+            // `"base` with the escapes JSON needs; serializing a str cannot fail
+            let quoted = serde_json::to_string(run.base.as_str()).unwrap_or_default();
+            let open = &quoted.as_bytes()[..quoted.len().saturating_sub(1)];
+            if run.shape.is_empty() {
+                out.push(if first { b"" } else { b"," })?;
+                first = false;
+                out.push(quoted.as_bytes())?;
+                continue;
+            }
+            let extent = run.shape.iter().copied().max().unwrap_or(0);
+            let mut digits = String::with_capacity(extent * 6);
+            let mut ends = Vec::with_capacity(extent + 1);
+            ends.push(0);
+            for i in 0..extent {
+                push_decimal(&mut digits, i);
+                ends.push(digits.len());
+            }
+            let digits = digits.as_bytes();
+            // `"base[i,j,` of the outer indices, rebuilt when they change; the last index
+            // runs over its extent in the inner loop
+            let dims = run.shape.len();
+            let inner = run.shape[dims - 1];
+            let mut outer = vec![0usize; dims - 1];
+            let mut prefix: Vec<u8> = Vec::new();
+            for _ in 0..run.len() / inner {
+                prefix.clear();
+                prefix.extend_from_slice(open);
+                prefix.push(b'[');
+                for &i in &outer {
+                    prefix.extend_from_slice(&digits[ends[i]..ends[i + 1]]);
+                    prefix.push(b',');
+                }
+                for i in 0..inner {
+                    if !first {
+                        out.byte(b',')?;
+                    }
+                    first = false;
+                    out.push(&prefix)?;
+                    out.push(&digits[ends[i]..ends[i + 1]])?;
+                    out.byte(b']')?;
+                    out.byte(b'"')?;
+                }
+                for d in (0..outer.len()).rev() {
+                    outer[d] += 1;
+                    if outer[d] < run.shape[d] {
+                        break;
+                    }
+                    outer[d] = 0;
+                }
+            }
+        }
+        out.push(b"]")?;
+        out.finish()
+    }
+}
+
+/// A 64 KiB buffer in front of a writer, for JSON text written in many small pieces (the
+/// caller's writer may be unbuffered; a `BufWriter` would cost a call per piece as well).
+pub(crate) struct JsonBuf<'w, W: std::io::Write + ?Sized> {
+    w: &'w mut W,
+    buf: Vec<u8>,
+}
+
+impl<'w, W: std::io::Write + ?Sized> JsonBuf<'w, W> {
+    const CAP: usize = 1 << 16;
+
+    pub(crate) fn new(w: &'w mut W) -> Self {
+        JsonBuf {
+            w,
+            buf: Vec::with_capacity(Self::CAP),
+        }
+    }
+
+    /// Append `bytes`, writing the buffer out first when it is full.
+    #[inline]
+    pub(crate) fn push(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        if self.buf.len() + bytes.len() > Self::CAP {
+            self.w.write_all(&self.buf)?;
+            self.buf.clear();
+        }
+        self.buf.extend_from_slice(bytes);
+        Ok(())
+    }
+
+    /// Append one byte (no call to `memcpy`, unlike a one-byte slice).
+    #[inline]
+    pub(crate) fn byte(&mut self, b: u8) -> std::io::Result<()> {
+        if self.buf.len() >= Self::CAP {
+            self.w.write_all(&self.buf)?;
+            self.buf.clear();
+        }
+        self.buf.push(b);
+        Ok(())
+    }
+
+    /// Write out what is left.
+    pub(crate) fn finish(mut self) -> std::io::Result<()> {
+        self.w.write_all(&self.buf)?;
+        self.buf.clear();
+        Ok(())
+    }
+}
+
 impl Serialize for VarNames {
     /// A sequence of strings, written by [`VarNames::for_each`].
     fn serialize<Ser: Serializer>(&self, s: Ser) -> Result<Ser::Ok, Ser::Error> {
@@ -308,5 +422,34 @@ mod tests {
         let mut q = VarNames::default();
         q.push_tensor("a\"b", &[1]);
         assert_eq!(serde_json::to_string(&q).unwrap(), r#"["a\"b[0]"]"#);
+    }
+
+    #[test]
+    fn json_array_is_serde_jsons() {
+        let mut v = VarNames::default();
+        assert_eq!(json_of(&v), "[]");
+        v.push_tensor("a\"b\\c\n\u{1}é", &[2, 3]);
+        v.push("scalar \"q\"");
+        v.push_tensor("empty", &[0]);
+        v.push_tensor("s", &[]);
+        v.push_tensor("deep", &[2, 1, 1, 1, 1, 1, 1, 1, 1, 11]);
+        v.push_tensor("w", &[3, 1000]);
+        let want = serde_json::to_string(&v.to_vec()).unwrap();
+        assert_eq!(json_of(&v), want);
+        assert_eq!(serde_json::to_string(&v).unwrap(), want);
+        let mut only = VarNames::default();
+        only.push("x");
+        assert_eq!(json_of(&only), r#"["x"]"#);
+        // more than one buffer's worth
+        let mut big = VarNames::default();
+        big.push_tensor("layer.weight", &[300, 70]);
+        big.push_tensor("b", &[300]);
+        assert_eq!(json_of(&big), serde_json::to_string(&big.to_vec()).unwrap());
+    }
+
+    fn json_of(v: &VarNames) -> String {
+        let mut s = Vec::new();
+        v.write_json(&mut s).unwrap();
+        String::from_utf8(s).unwrap()
     }
 }
