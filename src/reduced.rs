@@ -240,9 +240,9 @@ pub const GRAM_RUN_MAX: usize = 1024;
 
 /// The Gram matrix G = J_α J_αᵀ of the sparse rows (THEORY §6.1, "sparse rows"), column by
 /// column: G = Σ_p J_α[:,p] J_α[:,p]ᵀ over the columns p that some row touches, at a cost of
-/// Σ_p nnz(column p)² instead of k² sparse merges. A run of at least [`GRAM_RUN`]
-/// consecutive columns touched by nearly the same rows (the inputs of one unit's weight row
-/// in a dense layer, touched by every switch downstream of that unit) is added as one dense
+/// Σ_p nnz(column p)² instead of k² sparse merges. A run of at least [`GRAM_RUN`] columns
+/// (consecutive among the touched ones) with nearly the same rows (the inputs of one unit's
+/// weight row in a dense layer, touched by every switch downstream of that unit) is one dense
 /// product B Bᵀ over the union of its rows (`matrixmultiply`'s GEMM) when that costs at most
 /// twice the column-by-column products; other columns are visited in ascending p, their
 /// products added in the order the merge [`ActiveData::row_dot`] uses. (The sums are the
@@ -274,28 +274,34 @@ pub fn gram_matrix(data: &ActiveData) -> DMatrix<f64> {
     // lower triangle, row-major k×k (rows within a column are ascending)
     let mut lower = vec![0.0f64; k * k];
     let pattern = |p: usize| &rows[start[p] as usize..start[p + 1] as usize];
-    // A run of consecutive columns whose rows mostly coincide (the inputs of one unit's
-    // weight row, touched by every switch downstream of that unit, save where an input is 0)
+    // A run of touched columns whose rows mostly coincide (the inputs of one unit's weight
+    // row, touched by every switch downstream of that unit, save where an input is 0)
     // is added as one dense product B Bᵀ over the union of their rows, as long as that costs
     // at most twice the column-by-column products.
     let mut slot = vec![u32::MAX; k];
     let mut union: Vec<u32> = Vec::new();
+    // only the columns some row touches (a run is any set of columns: the product does not
+    // care whether they are adjacent, and the empty ones of a layer no switch reaches cost
+    // nothing this way)
+    let cols: Vec<usize> = (0..n).filter(|&p| start[p + 1] > start[p]).collect();
+    let nc = cols.len();
     let mut p = 0;
-    while p < n {
+    while p < nc {
         union.clear();
         let mut sparse_cost = 0usize;
         let mut q = p;
-        while q < n && q - p < GRAM_RUN_MAX {
-            let fresh = pattern(q)
+        while q < nc && q - p < GRAM_RUN_MAX {
+            let col = pattern(cols[q]);
+            let fresh = col
                 .iter()
                 .filter(|&&r| slot[r as usize] == u32::MAX)
                 .count();
             let m = union.len() + fresh;
-            let cost = sparse_cost + pattern(q).len() * pattern(q).len();
+            let cost = sparse_cost + col.len() * col.len();
             if q > p && m * m * (q - p + 1) > 2 * cost {
                 break;
             }
-            for &r in pattern(q) {
+            for &r in col {
                 if slot[r as usize] == u32::MAX {
                     slot[r as usize] = union.len() as u32;
                     union.push(r);
@@ -312,10 +318,10 @@ pub fn gram_matrix(data: &ActiveData) -> DMatrix<f64> {
                 slot[r as usize] = x as u32;
             }
             let mut block = DMatrix::zeros(m, q - p);
-            for c in p..q {
-                let (a, b) = (start[c] as usize, start[c + 1] as usize);
-                for x in a..b {
-                    block[(slot[rows[x] as usize] as usize, c - p)] = vals[x];
+            for (b, &c) in cols[p..q].iter().enumerate() {
+                let (a, e) = (start[c] as usize, start[c + 1] as usize);
+                for x in a..e {
+                    block[(slot[rows[x] as usize] as usize, b)] = vals[x];
                 }
             }
             let prod = &block * block.transpose();
@@ -327,7 +333,7 @@ pub fn gram_matrix(data: &ActiveData) -> DMatrix<f64> {
                 }
             }
         } else {
-            for c in p..q {
+            for &c in &cols[p..q] {
                 let (a, b) = (start[c] as usize, start[c + 1] as usize);
                 for x in a..b {
                     let (i, vi) = (rows[x] as usize, vals[x]);
