@@ -203,15 +203,7 @@ impl VarNames {
                 each(&run.base)?;
                 continue;
             }
-            // digits[ends[i]..ends[i + 1]] is the decimal of i, for i < the largest extent.
-            let extent = run.shape.iter().copied().max().unwrap_or(0);
-            let mut digits = String::with_capacity(extent * 6);
-            let mut ends = Vec::with_capacity(extent + 1);
-            ends.push(0);
-            for i in 0..extent {
-                push_decimal(&mut digits, i);
-                ends.push(digits.len());
-            }
+            let (digits, ends) = digit_table(&run.shape);
             let mut idx = vec![0usize; run.shape.len()];
             for _ in 0..run.len() {
                 buf.clear();
@@ -236,6 +228,20 @@ impl VarNames {
         }
         Ok(())
     }
+}
+
+/// The decimals of 0 … (largest extent of `shape`) − 1, concatenated: `digits[ends[i]..ends[i
+/// + 1]]` is the decimal of i.
+fn digit_table(shape: &[usize]) -> (String, Vec<usize>) {
+    let extent = shape.iter().copied().max().unwrap_or(0);
+    let mut digits = String::with_capacity(extent * 6);
+    let mut ends = Vec::with_capacity(extent + 1);
+    ends.push(0);
+    for i in 0..extent {
+        push_decimal(&mut digits, i);
+        ends.push(digits.len());
+    }
+    (digits, ends)
 }
 
 /// Append the decimal digits of `v`.
@@ -275,14 +281,7 @@ impl VarNames {
                 out.push(quoted.as_bytes())?;
                 continue;
             }
-            let extent = run.shape.iter().copied().max().unwrap_or(0);
-            let mut digits = String::with_capacity(extent * 6);
-            let mut ends = Vec::with_capacity(extent + 1);
-            ends.push(0);
-            for i in 0..extent {
-                push_decimal(&mut digits, i);
-                ends.push(digits.len());
-            }
+            let (digits, ends) = digit_table(&run.shape);
             let digits = digits.as_bytes();
             // `"base[i,j,` of the outer indices, rebuilt when they change; the last index
             // runs over its extent in the inner loop
