@@ -68,10 +68,10 @@ pub fn tune() {
         libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
         libc::mallopt(libc::M_TRIM_THRESHOLD, i32::MAX);
         libc::mallopt(libc::M_TOP_PAD, 64 << 20);
-        ADVISED.store(
-            libc::sbrk(0) as usize / HUGE * HUGE,
-            std::sync::atomic::Ordering::Relaxed,
-        );
+        let brk = libc::sbrk(0) as usize;
+        if brk != usize::MAX {
+            ADVISED.store(brk / HUGE * HUGE, std::sync::atomic::Ordering::Relaxed);
+        }
     }
 }
 
@@ -96,7 +96,8 @@ fn advise(p: *mut u8, size: usize) {
         if low != 0 {
             // SAFETY: sbrk(0) only reads the current program break.
             let brk = unsafe { libc::sbrk(0) } as usize;
-            if brk > low {
+            // (void*)-1 would be an error: no information
+            if brk > low && brk != usize::MAX {
                 ADVISED.store(brk, Relaxed);
                 madvise_huge(low / HUGE * HUGE, brk);
             }
@@ -113,7 +114,9 @@ fn advise(p: *mut u8, size: usize) {
 /// `madvise(MADV_HUGEPAGE)` on `[start, end)` rounded out to whole huge pages.
 #[cfg(target_os = "linux")]
 fn madvise_huge(start: usize, end: usize) {
-    let end = end.div_ceil(HUGE) * HUGE;
+    let Some(end) = end.div_ceil(HUGE).checked_mul(HUGE) else {
+        return;
+    };
     if end > start {
         // SAFETY: MADV_HUGEPAGE changes neither the contents nor the validity of any memory
         // (only how the kernel backs it when it is first touched); a failure is harmless.
@@ -125,3 +128,26 @@ fn madvise_huge(start: usize, end: usize) {
 
 #[cfg(not(target_os = "linux"))]
 fn advise(_p: *mut u8, _size: usize) {}
+
+#[cfg(all(test, target_os = "linux"))]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn advice_is_harmless() {
+        // ranges at the top of the address space, unmapped ranges and empty ones: no panic,
+        // no effect
+        madvise_huge(usize::MAX - 5, usize::MAX);
+        madvise_huge(HUGE, HUGE);
+        madvise_huge(3 * HUGE, 2 * HUGE);
+        advise(std::ptr::null_mut(), 1 << 30);
+        // a large block stays usable and keeps its contents through the advice
+        let mut v = vec![7u8; 5 << 20];
+        advise(v.as_mut_ptr(), v.len());
+        v[4 << 20] = 1;
+        assert_eq!(
+            v.iter().map(|&b| b as usize).sum::<usize>(),
+            7 * (5 << 20) - 6
+        );
+    }
+}
