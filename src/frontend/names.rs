@@ -192,37 +192,56 @@ fn write_digits(f: &mut fmt::Formatter<'_>, idx: &[usize]) -> fmt::Result {
 }
 
 impl VarNames {
-    /// Call `each` with every name, in order, from one reused buffer: a run's base is copied
-    /// once per name and the digits of its indices come from a table built once per run, so
-    /// a name costs a few short copies (serializing 270 k names through `format!` or
-    /// `collect_str` was a third of a whole `verify` of an MLP).
+    /// Call `each` with every name, in order, from one reused buffer (serializing 270 k
+    /// names through `format!` or `collect_str` was a third of a whole `verify` of an MLP).
     pub fn for_each<E>(&self, mut each: impl FnMut(&str) -> Result<(), E>) -> Result<(), E> {
         let mut buf = String::new();
-        for run in &self.runs {
-            if run.shape.is_empty() {
-                each(&run.base)?;
-                continue;
-            }
-            let (digits, ends) = digit_table(&run.shape);
-            let mut idx = vec![0usize; run.shape.len()];
-            for _ in 0..run.len() {
+        self.walk(
+            |base| base.to_string(),
+            |prefix, tail| {
                 buf.clear();
-                buf.push_str(&run.base);
-                buf.push('[');
-                for (d, &i) in idx.iter().enumerate() {
-                    if d > 0 {
-                        buf.push(',');
-                    }
-                    buf.push_str(&digits[ends[i]..ends[i + 1]]);
+                buf.push_str(prefix);
+                buf.push_str(tail);
+                each(&buf)
+            },
+        )
+    }
+
+    /// Every name, in order, as `prefix + tail` with the base spelled `open(base)`: for a
+    /// tensor element, prefix `open(base)[i,j,` (built once per value of the outer indices)
+    /// and tail `k]`; for a scalar, prefix `open(base)` and an empty tail. The decimals come
+    /// from tables built once per run, so a name costs two short copies.
+    fn walk<E>(
+        &self,
+        open: impl Fn(&str) -> String,
+        mut each: impl FnMut(&str, &str) -> Result<(), E>,
+    ) -> Result<(), E> {
+        let mut prefix = String::new();
+        for run in &self.runs {
+            let base = open(&run.base);
+            let Some((&inner, outer_shape)) = run.shape.split_last() else {
+                each(&base, "")?;
+                continue;
+            };
+            let (commas, c_ends) = digit_table(outer_shape.iter().copied().max().unwrap_or(0), ',');
+            let (closes, e_ends) = digit_table(inner, ']');
+            let mut outer = vec![0usize; outer_shape.len()];
+            for _ in 0..run.len() / inner {
+                prefix.clear();
+                prefix.push_str(&base);
+                prefix.push('[');
+                for &i in &outer {
+                    prefix.push_str(&commas[c_ends[i]..c_ends[i + 1]]);
                 }
-                buf.push(']');
-                each(&buf)?;
-                for d in (0..idx.len()).rev() {
-                    idx[d] += 1;
-                    if idx[d] < run.shape[d] {
+                for i in 0..inner {
+                    each(&prefix, &closes[e_ends[i]..e_ends[i + 1]])?;
+                }
+                for d in (0..outer.len()).rev() {
+                    outer[d] += 1;
+                    if outer[d] < outer_shape[d] {
                         break;
                     }
-                    idx[d] = 0;
+                    outer[d] = 0;
                 }
             }
         }
@@ -230,15 +249,15 @@ impl VarNames {
     }
 }
 
-/// The decimals of 0 … (largest extent of `shape`) − 1, concatenated: `digits[ends[i]..ends[i
-/// + 1]]` is the decimal of i.
-fn digit_table(shape: &[usize]) -> (String, Vec<usize>) {
-    let extent = shape.iter().copied().max().unwrap_or(0);
-    let mut digits = String::with_capacity(extent * 6);
+/// The decimals of 0 … extent − 1, each followed by `suffix`, concatenated:
+/// `digits[ends[i]..ends[i + 1]]` is the decimal of i and the suffix.
+fn digit_table(extent: usize, suffix: char) -> (String, Vec<usize>) {
+    let mut digits = String::with_capacity(extent * 7);
     let mut ends = Vec::with_capacity(extent + 1);
     ends.push(0);
     for i in 0..extent {
         push_decimal(&mut digits, i);
+        digits.push(suffix);
         ends.push(digits.len());
     }
     (digits, ends)
@@ -269,54 +288,26 @@ impl VarNames {
     /// whole `verify` of an MLP).
     pub fn write_json<W: std::io::Write + ?Sized>(&self, w: &mut W) -> std::io::Result<()> {
         let mut out = JsonBuf::new(w);
-        out.push(b"[")?;
+        out.byte(b'[')?;
         let mut first = true;
-        for run in &self.runs {
-            // `"base` with the escapes JSON needs; serializing a str cannot fail
-            let quoted = serde_json::to_string(run.base.as_str()).unwrap_or_default();
-            let open = &quoted.as_bytes()[..quoted.len().saturating_sub(1)];
-            if run.shape.is_empty() {
-                out.push(if first { b"" } else { b"," })?;
+        self.walk(
+            // `"base` with the escapes JSON needs (serializing a str cannot fail)
+            |base| {
+                let mut quoted = serde_json::to_string(base).unwrap_or_default();
+                quoted.pop();
+                quoted
+            },
+            |prefix, tail| {
+                if !first {
+                    out.byte(b',')?;
+                }
                 first = false;
-                out.push(quoted.as_bytes())?;
-                continue;
-            }
-            let (digits, ends) = digit_table(&run.shape);
-            let digits = digits.as_bytes();
-            // `"base[i,j,` of the outer indices, rebuilt when they change; the last index
-            // runs over its extent in the inner loop
-            let dims = run.shape.len();
-            let inner = run.shape[dims - 1];
-            let mut outer = vec![0usize; dims - 1];
-            let mut prefix: Vec<u8> = Vec::new();
-            for _ in 0..run.len() / inner {
-                prefix.clear();
-                prefix.extend_from_slice(open);
-                prefix.push(b'[');
-                for &i in &outer {
-                    prefix.extend_from_slice(&digits[ends[i]..ends[i + 1]]);
-                    prefix.push(b',');
-                }
-                for i in 0..inner {
-                    if !first {
-                        out.byte(b',')?;
-                    }
-                    first = false;
-                    out.push(&prefix)?;
-                    out.push(&digits[ends[i]..ends[i + 1]])?;
-                    out.byte(b']')?;
-                    out.byte(b'"')?;
-                }
-                for d in (0..outer.len()).rev() {
-                    outer[d] += 1;
-                    if outer[d] < run.shape[d] {
-                        break;
-                    }
-                    outer[d] = 0;
-                }
-            }
-        }
-        out.push(b"]")?;
+                out.push(prefix.as_bytes())?;
+                out.push(tail.as_bytes())?;
+                out.byte(b'"')
+            },
+        )?;
+        out.byte(b']')?;
         out.finish()
     }
 }
