@@ -31,6 +31,13 @@ use serde::Serialize;
 /// (one forward pass over the graph) to spare the sweeps of the flat ones.
 pub const FLAT_MIN_K: usize = 64;
 
+/// Fewest sweeps, and smallest adjoint buffer (elements), for which the sweeps of
+/// [`ActiveData::compute_in`] are spread over threads (below, starting a thread costs more
+/// than it saves).
+pub const PAR_MIN_SWEEPS: usize = 8;
+/// See [`PAR_MIN_SWEEPS`].
+pub const PAR_MIN_LEN: usize = 1 << 14;
+
 /// The abs-normal form at x̂ (sparse rows), in kinkcheck's scalar-output setting (m = 1).
 #[derive(Debug, Clone)]
 pub struct AbsNormalForm {
@@ -296,7 +303,32 @@ impl ActiveData {
         // Switches whose argument the forward pass of [`Flatness`] proves flat are degenerate
         // without a sweep: their rows are zero (an L̂ row of a flat switch only refers to flat
         // switches, which are dropped with it).
-        let flat = use_flat.then(|| Flatness::compute(g, ev, &rules)).flatten();
+        // the sweep from the output (the longest) runs beside the flatness pre-pass
+        let (flat, out) = crate::par::join(
+            || use_flat.then(|| Flatness::compute(g, ev, &rules)).flatten(),
+            || sw.sweep(Seed::Output, &rules),
+        );
+        let out = out?;
+        let swept: Vec<SwitchId> = active
+            .iter()
+            .copied()
+            .filter(|&s| !flat.as_ref().is_some_and(|f| f.switch_is_flat(g, s)))
+            .collect();
+        // the sweeps are independent, so they run on the machine's cores (crate::par), each
+        // thread with its own buffers, and come back in order
+        let threads = if swept.len() >= PAR_MIN_SWEEPS && g.total_len() >= PAR_MIN_LEN {
+            crate::par::threads().min(swept.len() / 2)
+        } else {
+            1
+        };
+        let mut forks: Vec<ReverseSweeper> = (1..threads).map(|_| sw.fork()).collect();
+        let mut states: Vec<&mut ReverseSweeper> = Vec::with_capacity(threads);
+        states.push(sw);
+        states.extend(forks.iter_mut());
+        let mut swept_rows = crate::par::map_with(&mut states, swept.len(), |sw, q| {
+            sw.sweep_sparse(Seed::Switch(swept[q]), &rules)
+        })
+        .into_iter();
         for &s in active {
             if flat.as_ref().is_some_and(|f| f.switch_is_flat(g, s)) {
                 j.push(SparseRow {
@@ -307,7 +339,9 @@ impl ActiveData {
                 lhat_rows.push(Vec::new());
                 continue;
             }
-            let adj = sw.sweep_sparse(Seed::Switch(s), &rules)?;
+            let Some(adj) = swept_rows.next().transpose()? else {
+                unreachable!("one sweep per switch that is not flat, in order")
+            };
             j.push(SparseRow {
                 len: g.n_vars(),
                 idx: adj.idx,
@@ -315,7 +349,6 @@ impl ActiveData {
             });
             lhat_rows.push(adj.stopped.iter().map(|&(t, v)| (pos[t.0], v)).collect());
         }
-        let out = sw.sweep(Seed::Output, &rules)?;
         let finite = |v: &[f64]| v.iter().all(|c| c.is_finite());
         if !finite(&out.grad)
             || j.iter().any(|r| !finite(&r.val))

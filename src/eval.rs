@@ -781,6 +781,19 @@ impl<'a> ReverseSweeper<'a> {
         }
     }
 
+    /// Fresh buffers for sweeps over the same graph and point (for another thread), sharing
+    /// nothing but the graph and the evaluation.
+    pub fn fork(&self) -> Self {
+        ReverseSweeper {
+            g: self.g,
+            ev: self.ev,
+            adj: vec![0.0; self.g.total_len()],
+            marks: Marks::new(self.g.nodes().len(), self.g.total_len()),
+            abs_index: self.abs_index.clone(),
+            sched: self.sched.clone(),
+        }
+    }
+
     /// The graph the sweeps run over.
     pub fn graph(&self) -> &'a Graph {
         self.g

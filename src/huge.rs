@@ -68,6 +68,9 @@ pub fn tune() {
         libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
         libc::mallopt(libc::M_TRIM_THRESHOLD, i32::MAX);
         libc::mallopt(libc::M_TOP_PAD, 64 << 20);
+        // one arena: the worker threads' blocks come from the same advised heap (a thread's
+        // own arena is mapped in 4 KiB pages, and its page faults contend with this thread's)
+        libc::mallopt(libc::M_ARENA_MAX, 1);
         let brk = libc::sbrk(0) as usize;
         if brk != usize::MAX {
             ADVISED.store(brk / HUGE * HUGE, std::sync::atomic::Ordering::Relaxed);

@@ -28,6 +28,7 @@ pub mod frontend;
 pub mod graph;
 pub mod lower;
 pub mod lp;
+pub mod par;
 pub mod pieces;
 pub mod reduced;
 pub mod report;

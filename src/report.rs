@@ -224,6 +224,9 @@ pub struct Report {
     /// empty): the rule used for every ONNX `Clip` node with an active switch (CONTRACT §2,
     /// `--clip`).
     pub assumptions: Vec<String>,
+    /// The JSON text of `gradient` and `variables`, when it was spelled during [`verify`].
+    #[serde(skip)]
+    spelled: Option<std::sync::Arc<Spelled>>,
 }
 
 impl Report {
@@ -241,6 +244,34 @@ impl Report {
     /// assert_eq!(text, serde_json::to_vec(&r).unwrap());
     /// ```
     pub fn write_json<W: std::io::Write + ?Sized>(&self, w: &mut W) -> std::io::Result<()> {
+        match self.spelled.as_deref().filter(|t| t.is_of(self)) {
+            Some(t) => self.write_json_with(
+                w,
+                |w| {
+                    w.write_all(b"[")?;
+                    for part in &t.parts {
+                        w.write_all(part)?;
+                    }
+                    w.write_all(b"]")
+                },
+                |w| w.write_all(&t.names_text),
+            ),
+            None => self.write_json_with(
+                w,
+                |w| write_json_floats(&self.gradient, w),
+                |w| self.variables.write_json(w),
+            ),
+        }
+    }
+
+    /// The report's text with the gradient array and the names array written by `gradient`
+    /// and `names`.
+    fn write_json_with<W: std::io::Write + ?Sized>(
+        &self,
+        w: &mut W,
+        gradient: impl FnOnce(&mut W) -> std::io::Result<()>,
+        names: impl FnOnce(&mut W) -> std::io::Result<()>,
+    ) -> std::io::Result<()> {
         fn field<W: std::io::Write + ?Sized, T: Serialize + ?Sized>(
             w: &mut W,
             first: bool,
@@ -255,7 +286,7 @@ impl Report {
         field(w, true, "verdict", &self.verdict)?;
         field(w, false, "reason", &self.reason)?;
         w.write_all(b",\"gradient\":")?;
-        write_json_floats(&self.gradient, w)?;
+        gradient(w)?;
         field(w, false, "convention", &self.convention)?;
         field(w, false, "active", &self.active)?;
         field(w, false, "analyzer", &self.analyzer)?;
@@ -270,11 +301,92 @@ impl Report {
         field(w, false, "complete", &self.complete)?;
         field(w, false, "lps", &self.lps)?;
         w.write_all(b",\"variables\":")?;
-        self.variables.write_json(w)?;
+        names(w)?;
         field(w, false, "value", &self.value)?;
         field(w, false, "switches", &self.switches)?;
         field(w, false, "assumptions", &self.assumptions)?;
         w.write_all(b"}")
+    }
+}
+
+/// Gradients at least this long are spelled as JSON on another core while [`verify`] runs
+/// the analysis (see [`Spelled`]); below, starting a thread costs more than it saves.
+pub const PAR_JSON_MIN: usize = 1 << 15;
+
+/// The JSON text of a long gradient (in consecutive parts, each but the first led by its
+/// comma, no brackets) and of the variable names (the whole array), spelled by
+/// [`spell_jobs`] while [`verify`] runs the analysis, so that [`Report::write_json`] costs
+/// little more than the writes. It is used only while the report's `gradient` and
+/// `variables` are still those it spells (the fields are public).
+#[derive(Clone)]
+struct Spelled {
+    gradient: Vec<f64>,
+    names: VarNames,
+    parts: Vec<Vec<u8>>,
+    names_text: Vec<u8>,
+}
+
+impl Spelled {
+    /// Whether this is the text of `r`'s gradient (bit for bit) and names.
+    fn is_of(&self, r: &Report) -> bool {
+        self.gradient.len() == r.gradient.len()
+            && self
+                .gradient
+                .iter()
+                .zip(&r.gradient)
+                .all(|(a, b)| a.to_bits() == b.to_bits())
+            && self.names.same_runs(&r.variables)
+    }
+}
+
+impl std::fmt::Debug for Spelled {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let bytes: usize = self.parts.iter().map(Vec::len).sum::<usize>() + self.names_text.len();
+        write!(f, "Spelled({bytes} bytes of JSON)")
+    }
+}
+
+/// Jobs that spell `gradient` (in `4 × threads` parts) and `names` (the last job) as JSON,
+/// when the gradient has at least [`PAR_JSON_MIN`] entries and there is more than one
+/// thread ([`crate::par::threads`]); the bytes are those of the one-thread writers.
+fn spell_jobs<'a>(
+    gradient: &'a [f64],
+    names: &'a VarNames,
+) -> Option<crate::par::Jobs<Vec<u8>, impl Fn(usize) -> Vec<u8> + Sync + 'a>> {
+    let threads = crate::par::threads();
+    let n = gradient.len();
+    if threads < 2 || n < PAR_JSON_MIN {
+        return None;
+    }
+    let parts = 4 * threads;
+    let per = n.div_ceil(parts);
+    Some(crate::par::Jobs::new(parts + 1, move |job| {
+        let mut text = Vec::new();
+        if job == parts {
+            // writing into a Vec cannot fail
+            let _ = names.write_json(&mut text);
+        } else {
+            let (lo, hi) = ((job * per).min(n), ((job + 1) * per).min(n));
+            push_json_floats(&gradient[lo..hi], job > 0, &mut text);
+        }
+        text
+    }))
+}
+
+/// Append the elements of `v` as `write_json_floats` spells them, without the brackets, each
+/// but the first led by a comma (the first too when `lead` is set).
+fn push_json_floats(v: &[f64], lead: bool, out: &mut Vec<u8>) {
+    out.reserve(25 * v.len() + 1);
+    let mut buf = zmij::Buffer::new();
+    for (i, &x) in v.iter().enumerate() {
+        if i > 0 || lead {
+            out.push(b',');
+        }
+        if x.is_finite() {
+            out.extend_from_slice(buf.format_finite(x).as_bytes());
+        } else {
+            out.extend_from_slice(b"null");
+        }
     }
 }
 
@@ -453,29 +565,34 @@ pub fn verify(problem: &Problem, point: &[f64], opts: &VerifyOptions) -> Result<
             "the AD vector overflows (an entry is not finite) at this point",
         ));
     }
-    let stage = run_stage(g, &z, data, &gradient, opts)?;
-    let (mut verdict, mut reason) = combine(&stage);
-    let mut stage = stage;
-    if !near.is_empty() {
-        // THEORY §6.6: decide with the near-active switches inactive and active.
-        let mut both: Vec<SwitchId> = exact.iter().chain(&near).copied().collect();
-        both.sort();
-        let alt_data = ActiveData::compute_in(&mut sw, &z, &both)?;
-        let alt = run_stage(g, &z, alt_data, &gradient, opts)?;
-        let (v2, r2) = combine(&alt);
-        if v2 != verdict {
-            reason = format!(
-                "activeness within tolerance: {} switch(es) with 0 < |z| ≤ τ_act·scale give {:?} when treated as kinks and {:?} otherwise",
-                near.len(),
-                v2,
-                verdict
-            );
-            verdict = Verdict::Undecided;
-        } else if alt.check.pieces.len() > stage.check.pieces.len() {
-            stage = alt;
-            reason = r2;
+    // The JSON text of a long gradient and of the names is spelled on another core while
+    // this one runs the analysis (and helps when it is done).
+    let spell = spell_jobs(&gradient, &problem.var_names);
+    let analysed = std::thread::scope(|scope| {
+        if let Some(jobs) = &spell {
+            scope.spawn(|| jobs.work());
         }
-    }
+        let analysed = analyse(g, &z, data, &exact, &near, &gradient, opts, &mut sw);
+        if let Some(jobs) = &spell {
+            match analysed {
+                Ok(_) => jobs.work(),
+                Err(_) => jobs.stop(),
+            }
+        }
+        analysed
+    });
+    let (stage, verdict, reason) = analysed?;
+    let spelled = spell
+        .and_then(|jobs| jobs.into_results())
+        .and_then(|mut parts| {
+            let names_text = parts.pop()?;
+            Some(std::sync::Arc::new(Spelled {
+                gradient: gradient.clone(),
+                names: problem.var_names.clone(),
+                parts,
+                names_text,
+            }))
+        });
     let sigma = |s: &SwitchState| {
         opts.gradient
             .is_none()
@@ -591,7 +708,47 @@ pub fn verify(problem: &Problem, point: &[f64], opts: &VerifyOptions) -> Result<
         value: ev.output(g)?,
         switches: g.n_switches(),
         assumptions: clip_assumptions(g, &states),
+        spelled,
     })
+}
+
+/// The analyzer and checker on the exact active set and, when some switches are only near
+/// active, on both sets (THEORY §6.6): the stage reported, its verdict and reason.
+#[allow(clippy::too_many_arguments)]
+fn analyse(
+    g: &Graph,
+    z: &[f64],
+    data: ActiveData,
+    exact: &[SwitchId],
+    near: &[SwitchId],
+    gradient: &[f64],
+    opts: &VerifyOptions,
+    sw: &mut ReverseSweeper,
+) -> Result<(Stage, Verdict, String), Error> {
+    let stage = run_stage(g, z, data, gradient, opts)?;
+    let (mut verdict, mut reason) = combine(&stage);
+    let mut stage = stage;
+    if !near.is_empty() {
+        // THEORY §6.6: decide with the near-active switches inactive and active.
+        let mut both: Vec<SwitchId> = exact.iter().chain(near).copied().collect();
+        both.sort();
+        let alt_data = ActiveData::compute_in(sw, z, &both)?;
+        let alt = run_stage(g, z, alt_data, gradient, opts)?;
+        let (v2, r2) = combine(&alt);
+        if v2 != verdict {
+            reason = format!(
+                "activeness within tolerance: {} switch(es) with 0 < |z| ≤ τ_act·scale give {:?} when treated as kinks and {:?} otherwise",
+                near.len(),
+                v2,
+                verdict
+            );
+            verdict = Verdict::Undecided;
+        } else if alt.check.pieces.len() > stage.check.pieces.len() {
+            stage = alt;
+            reason = r2;
+        }
+    }
+    Ok((stage, verdict, reason))
 }
 
 /// One line per ONNX `Clip` node (by name, over all samples) that has an active or

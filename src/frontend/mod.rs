@@ -100,30 +100,28 @@ pub fn load_with(
     loss: Option<Loss>,
     clip: onnx::ClipRule,
 ) -> Result<Problem, Error> {
-    let data = match data {
-        Some(d) => Some(Data::from_json(&read_text(d)?).map_err(|e| at_path(d, e))?),
-        None => None,
-    };
     let ext = path
         .extension()
         .and_then(|e| e.to_str())
         .unwrap_or("")
         .to_ascii_lowercase();
-    match ext.as_str() {
-        "json" => {
-            let net = Network::from_json(&read_text(path)?).map_err(|e| at_path(path, e))?;
-            net.problem(data.as_ref(), wrt, loss)
-                .map_err(|e| at_path(path, e))
-        }
-        "onnx" => {
-            let bytes = std::fs::read(path)
-                .map_err(|e| Error::input(format!("cannot read {}: {e}", path.display())))?;
-            let base = match path.parent() {
-                Some(p) if !p.as_os_str().is_empty() => p,
-                _ => Path::new("."),
-            };
-            let model = onnx_proto::decode_with_base(&bytes, Some(base))
-                .map_err(|e| at_path(path, e.into()))?;
+    // the batch and the model are read and parsed at the same time (on two cores, when
+    // there are two); an error in the batch is reported first, as if it had been read first
+    let (data, source) = crate::par::join(
+        || match data {
+            Some(d) => Data::from_json(&read_text(d)?)
+                .map(Some)
+                .map_err(|e| at_path(d, e)),
+            None => Ok(None),
+        },
+        || read_source(path, &ext),
+    );
+    let data = data?;
+    match source? {
+        Source::Network(net) => net
+            .problem(data.as_ref(), wrt, loss)
+            .map_err(|e| at_path(path, e)),
+        Source::Onnx(model) => {
             let data = data.ok_or_else(|| {
                 Error::input(format!(
                     "{}: ONNX models need a batch: give --data FILE",
@@ -132,7 +130,7 @@ pub fn load_with(
             })?;
             onnx::problem_with(&model, &data, wrt, loss, clip).map_err(|e| at_path(path, e))
         }
-        _ => {
+        Source::Program => {
             if data.is_some() || wrt.is_some() || loss.is_some() {
                 return Err(Error::input(
                     "--data, --wrt and --loss apply to network descriptions (.json) and ONNX models (.onnx) only",
@@ -141,6 +139,35 @@ pub fn load_with(
             let text = read_text(path)?;
             compile(&text).map_err(|e| Error::input(format!("{}:{e}", path.display())))
         }
+    }
+}
+
+/// A source file, read and parsed as far as it can be without the batch.
+enum Source {
+    Network(Network),
+    Onnx(onnx_proto::Model),
+    /// A `.kc` program (read once the options are checked).
+    Program,
+}
+
+/// Read and parse the source at `path` by its extension `ext` (lower case).
+fn read_source(path: &Path, ext: &str) -> Result<Source, Error> {
+    match ext {
+        "json" => Network::from_json(&read_text(path)?)
+            .map(Source::Network)
+            .map_err(|e| at_path(path, e)),
+        "onnx" => {
+            let bytes = std::fs::read(path)
+                .map_err(|e| Error::input(format!("cannot read {}: {e}", path.display())))?;
+            let base = match path.parent() {
+                Some(p) if !p.as_os_str().is_empty() => p,
+                _ => Path::new("."),
+            };
+            onnx_proto::decode_with_base(&bytes, Some(base))
+                .map(Source::Onnx)
+                .map_err(|e| at_path(path, e.into()))
+        }
+        _ => Ok(Source::Program),
     }
 }
 

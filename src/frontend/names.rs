@@ -67,6 +67,11 @@ impl VarNames {
         }
     }
 
+    /// Whether both are stored as the same runs (equal, and cheap to compare).
+    pub(crate) fn same_runs(&self, other: &VarNames) -> bool {
+        self.len == other.len && self.runs == other.runs
+    }
+
     /// The number of variables n.
     pub fn len(&self) -> usize {
         self.len
@@ -282,33 +287,104 @@ fn push_decimal(out: &mut String, mut v: usize) {
 
 impl VarNames {
     /// Write the names as one JSON array of strings, `["a[0,0]","a[0,1]",…]`: the same text
-    /// `serde_json` writes for [`Self::to_vec`] (and for `self`), but a run's base is escaped
-    /// once and the rest of a name (brackets, digits, commas) never needs escaping, so a name
-    /// costs a few copies into one reused buffer (escaping every name again was a tenth of a
-    /// whole `verify` of an MLP).
+    /// `serde_json` writes for [`Self::to_vec`] (and for `self`). A run's base is escaped once
+    /// and the rest of a name (brackets, digits, commas) never needs escaping; the names of
+    /// one row of a tensor (all values of the last index) differ only in the digits of the
+    /// outer indices, so a row is one copy of a template built once per run and width of
+    /// those digits, with the digits patched in (a name costs a few stores).
     pub fn write_json<W: std::io::Write + ?Sized>(&self, w: &mut W) -> std::io::Result<()> {
         let mut out = JsonBuf::new(w);
         out.byte(b'[')?;
         let mut first = true;
-        self.walk(
+        let mut digits = Vec::new();
+        for run in &self.runs {
             // `"base` with the escapes JSON needs (serializing a str cannot fail)
-            |base| {
-                let mut quoted = serde_json::to_string(base).unwrap_or_default();
-                quoted.pop();
-                quoted
-            },
-            |prefix, tail| {
+            let mut quoted = serde_json::to_string(&run.base).unwrap_or_default();
+            quoted.pop();
+            let Some((&inner, outer_shape)) = run.shape.split_last() else {
                 if !first {
                     out.byte(b',')?;
                 }
                 first = false;
-                out.push(prefix.as_bytes())?;
-                out.push(tail.as_bytes())?;
-                out.byte(b'"')
-            },
-        )?;
+                out.push(quoted.as_bytes())?;
+                out.byte(b'"')?;
+                continue;
+            };
+            let (commas, c_ends) = digit_table(outer_shape.iter().copied().max().unwrap_or(0), ',');
+            let (closes, e_ends) = digit_table(inner, ']');
+            // templates[width]: the row's names, comma-separated, with `width` placeholder
+            // bytes where the outer digits go, and where each placeholder starts
+            let mut templates: Vec<Option<(Vec<u8>, Vec<usize>)>> = Vec::new();
+            let mut outer = vec![0usize; outer_shape.len()];
+            for _ in 0..run.len() / inner {
+                digits.clear();
+                for &i in &outer {
+                    digits.extend_from_slice(&commas.as_bytes()[c_ends[i]..c_ends[i + 1]]);
+                }
+                let width = digits.len();
+                if templates.len() <= width {
+                    templates.resize(width + 1, None);
+                }
+                let (text, at) = templates[width].get_or_insert_with(|| {
+                    let mut text = Vec::with_capacity(inner * (quoted.len() + width + 9));
+                    let mut at = Vec::with_capacity(inner);
+                    for i in 0..inner {
+                        if i > 0 {
+                            text.push(b',');
+                        }
+                        text.extend_from_slice(quoted.as_bytes());
+                        text.push(b'[');
+                        at.push(text.len());
+                        text.resize(text.len() + width, b'0');
+                        text.extend_from_slice(&closes.as_bytes()[e_ends[i]..e_ends[i + 1]]);
+                        text.push(b'"');
+                    }
+                    (text, at)
+                });
+                if !first {
+                    out.byte(b',')?;
+                }
+                first = false;
+                out.push(text)?;
+                patch(out.last_mut(text.len()), at, &digits);
+                for d in (0..outer.len()).rev() {
+                    outer[d] += 1;
+                    if outer[d] < outer_shape[d] {
+                        break;
+                    }
+                    outer[d] = 0;
+                }
+            }
+        }
         out.byte(b']')?;
         out.finish()
+    }
+}
+
+/// Copy `digits` into `row` at every position of `at`; copies of a fixed length for the
+/// usual widths (a call to `memcpy` per name would cost more than the copy).
+fn patch(row: &mut [u8], at: &[usize], digits: &[u8]) {
+    fn fixed<const L: usize>(row: &mut [u8], at: &[usize], digits: &[u8]) {
+        let d: [u8; L] = digits.try_into().unwrap_or([0; L]);
+        for &p in at {
+            row[p..p + L].copy_from_slice(&d);
+        }
+    }
+    match digits.len() {
+        0 => {}
+        1 => fixed::<1>(row, at, digits),
+        2 => fixed::<2>(row, at, digits),
+        3 => fixed::<3>(row, at, digits),
+        4 => fixed::<4>(row, at, digits),
+        5 => fixed::<5>(row, at, digits),
+        6 => fixed::<6>(row, at, digits),
+        7 => fixed::<7>(row, at, digits),
+        8 => fixed::<8>(row, at, digits),
+        l => {
+            for &p in at {
+                row[p..p + l].copy_from_slice(digits);
+            }
+        }
     }
 }
 
@@ -349,6 +425,13 @@ impl<'w, W: std::io::Write + ?Sized> JsonBuf<'w, W> {
         }
         self.buf.push(b);
         Ok(())
+    }
+
+    /// The last `len` bytes appended (all of them, if fewer: the last push is never split,
+    /// so after `push(bytes)` they are `bytes`).
+    pub(crate) fn last_mut(&mut self, len: usize) -> &mut [u8] {
+        let n = self.buf.len();
+        &mut self.buf[n - len.min(n)..]
     }
 
     /// Write out what is left.
