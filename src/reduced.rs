@@ -250,30 +250,50 @@ pub const GRAM_RUN_MAX: usize = 1024;
 pub fn gram_matrix(data: &ActiveData) -> DMatrix<f64> {
     let k = data.k();
     let n = data.j.first().map_or(0, |r| r.len);
+    // The touched columns, numbered 0..nc in ascending order: a bitmap of the n columns
+    // (n/8 bytes, in cache) and the count of set bits before each word give a column's
+    // number, so that the column lists below have nc entries, not n.
+    let words = n.div_ceil(64);
+    let mut bits = vec![0u64; words];
+    for row in &data.j {
+        for &p in &row.idx {
+            bits[p >> 6] |= 1u64 << (p & 63);
+        }
+    }
+    let mut before = vec![0u32; words + 1];
+    for w in 0..words {
+        before[w + 1] = before[w] + bits[w].count_ones();
+    }
+    let nc = before[words] as usize;
+    let number = |p: usize| {
+        let below = bits[p >> 6] & ((1u64 << (p & 63)) - 1);
+        (before[p >> 6] + below.count_ones()) as usize
+    };
     // column lists (CSC) of the rows: counts, then (row, value) pairs grouped by column. Both
     // passes go through the columns in chunks holding about 2¹⁵ nonzeros, every row's
     // entries of one chunk at a time, so that the scattered writes stay within a cache-sized
     // part of the arrays (row by row over millions of columns, nearly every write missed).
     let total: usize = data.j.iter().map(|r| r.idx.len()).sum();
     let width = ((n as u128 * (1 << 15)) / total.max(1) as u128).max(64) as usize;
-    let mut start = vec![0u32; n + 1];
-    by_chunks(data, width, |_, p, _| start[p + 1] += 1);
-    for p in 0..n {
-        start[p + 1] += start[p];
+    let mut start = vec![0u32; nc + 1];
+    by_chunks(data, width, |_, p, _| start[number(p) + 1] += 1);
+    for c in 0..nc {
+        start[c + 1] += start[c];
     }
-    let nnz = start[n] as usize;
+    let nnz = start[nc] as usize;
     let mut fill = start.clone();
     let mut rows = vec![0u32; nnz];
     let mut vals = vec![0.0f64; nnz];
     by_chunks(data, width, |i, p, v| {
-        let at = fill[p] as usize;
+        let c = number(p);
+        let at = fill[c] as usize;
         rows[at] = i as u32;
         vals[at] = v;
-        fill[p] += 1;
+        fill[c] += 1;
     });
     // lower triangle, row-major k×k (rows within a column are ascending)
     let mut lower = vec![0.0f64; k * k];
-    let pattern = |p: usize| &rows[start[p] as usize..start[p + 1] as usize];
+    let pattern = |c: usize| &rows[start[c] as usize..start[c + 1] as usize];
     // A run of touched columns whose rows mostly coincide (the inputs of one unit's weight
     // row, touched by every switch downstream of that unit, save where an input is 0)
     // is added as one dense product B Bᵀ over the union of their rows, as long as that costs
@@ -283,15 +303,13 @@ pub fn gram_matrix(data: &ActiveData) -> DMatrix<f64> {
     // only the columns some row touches (a run is any set of columns: the product does not
     // care whether they are adjacent, and the empty ones of a layer no switch reaches cost
     // nothing this way)
-    let cols: Vec<usize> = (0..n).filter(|&p| start[p + 1] > start[p]).collect();
-    let nc = cols.len();
     let mut p = 0;
     while p < nc {
         union.clear();
         let mut sparse_cost = 0usize;
         let mut q = p;
         while q < nc && q - p < GRAM_RUN_MAX {
-            let col = pattern(cols[q]);
+            let col = pattern(q);
             let fresh = col
                 .iter()
                 .filter(|&&r| slot[r as usize] == u32::MAX)
@@ -318,7 +336,7 @@ pub fn gram_matrix(data: &ActiveData) -> DMatrix<f64> {
                 slot[r as usize] = x as u32;
             }
             let mut block = DMatrix::zeros(m, q - p);
-            for (b, &c) in cols[p..q].iter().enumerate() {
+            for (b, c) in (p..q).enumerate() {
                 let (a, e) = (start[c] as usize, start[c + 1] as usize);
                 for x in a..e {
                     block[(slot[rows[x] as usize] as usize, b)] = vals[x];
@@ -333,7 +351,7 @@ pub fn gram_matrix(data: &ActiveData) -> DMatrix<f64> {
                 }
             }
         } else {
-            for &c in &cols[p..q] {
+            for c in p..q {
                 let (a, b) = (start[c] as usize, start[c + 1] as usize);
                 for x in a..b {
                     let (i, vi) = (rows[x] as usize, vals[x]);

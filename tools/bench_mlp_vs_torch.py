@@ -10,14 +10,16 @@ a temporary directory. Then, in one run:
   parameters) on one thread (`torch.set_num_threads(1)`), median of many;
 * times the release `kinkcheck verify model.onnx --data batch.json --wrt params
   --loss cross_entropy --json` end to end (process start to JSON written), median of
-  several runs, for every binary given (e.g. a copy of the binary before a change);
+  several runs, for every binary given (e.g. a copy of the binary before a change), the
+  binaries taking turns; `--bin PATH@1` runs one with `KINKCHECK_THREADS=1` (one thread, like
+  PyTorch here; by default kinkcheck uses the machine's cores);
 * checks that kinkcheck's gradient equals PyTorch's (max |difference| relative to max |g|);
 * prints both times and the ratio, and the peak resident memory of one kinkcheck run
   (`/usr/bin/time -f %M`).
 
 Usage:
     python3 tools/bench_mlp_vs_torch.py [--widths 784,256,256,10] [--batch 64] [--single 36]
-        [--runs 7] [--torch-runs 200] [--bin target/release/kinkcheck] [--bin OTHER ...]
+        [--runs 7] [--torch-runs 200] [--bin target/release/kinkcheck[@THREADS]] [--bin OTHER ...]
         [--keep DIR]
 
 Needs torch and onnx (the exporter). The machine's load matters: run it on a quiet machine and
@@ -100,18 +102,30 @@ def time_torch(model, x, t, runs):
     return statistics.median(ts)
 
 
-def time_kinkcheck(binary, args, runs, out_path):
-    ts = []
-    code = None
+def split_bin(spec):
+    """`PATH` or `PATH@T`: the binary, and the environment to run it in (`KINKCHECK_THREADS=T`)."""
+    path, sep, threads = spec.rpartition("@")
+    if not sep or not threads.isdigit():
+        return spec, dict(os.environ)
+    return path, dict(os.environ, KINKCHECK_THREADS=threads)
+
+
+def time_kinkcheck(specs, args, runs, out_path):
+    """Run every binary once per round, `runs` rounds (alternating, so that a slow spell of
+    the machine hits all of them alike): {spec: (median, best, exit code)}."""
+    ts = {s: [] for s in specs}
+    codes = {}
     for _ in range(runs):
-        with open(out_path, "wb") as out:
-            s = time.perf_counter()
-            p = subprocess.run([binary] + args, stdout=out, stderr=subprocess.PIPE)
-            ts.append(time.perf_counter() - s)
-        code = p.returncode
-        if code not in (0, 1, 3):
-            sys.exit(f"{binary} failed (exit {code}): {p.stderr.decode().strip()}")
-    return statistics.median(ts), min(ts), code
+        for spec in specs:
+            binary, env = split_bin(spec)
+            with open(out_path, "wb") as out:
+                s = time.perf_counter()
+                p = subprocess.run([binary] + args, stdout=out, stderr=subprocess.PIPE, env=env)
+                ts[spec].append(time.perf_counter() - s)
+            codes[spec] = p.returncode
+            if p.returncode not in (0, 1, 3):
+                sys.exit(f"{binary} failed (exit {p.returncode}): {p.stderr.decode().strip()}")
+    return {s: (statistics.median(ts[s]), min(ts[s]), codes[s]) for s in specs}
 
 
 def main():
@@ -121,7 +135,11 @@ def main():
     ap.add_argument("--single", type=int, default=36)
     ap.add_argument("--runs", type=int, default=7, help="kinkcheck runs per binary")
     ap.add_argument("--torch-runs", type=int, default=200)
-    ap.add_argument("--bin", action="append", help="kinkcheck binaries (repeatable)")
+    ap.add_argument(
+        "--bin",
+        action="append",
+        help="kinkcheck binaries (repeatable); PATH@T runs it with KINKCHECK_THREADS=T",
+    )
     ap.add_argument("--keep", help="write the model and batch here instead of a temp dir")
     a = ap.parse_args()
     widths = [int(w) for w in a.widths.split(",")]
@@ -187,8 +205,12 @@ def main():
         f"load average {os.getloadavg()[0]:.2f}"
     )
     print(f"torch forward+backward (1 thread, median of {a.torch_runs}): {t_torch * 1e3:.2f} ms")
+    timed = time_kinkcheck(bins, args, a.runs, out_path)
     for b in bins:
-        med, best, code = time_kinkcheck(b, args, a.runs, out_path)
+        med, best, code = timed[b]
+        binary, env = split_bin(b)
+        with open(out_path, "wb") as out:
+            subprocess.run([binary] + args, stdout=out, stderr=subprocess.PIPE, env=env)
         with open(out_path) as f:
             rep = json.load(f)
         g = rep["gradient"]
@@ -205,9 +227,13 @@ def main():
             sys.exit(1)
     if os.path.exists("/usr/bin/time"):
         for b in bins:
+            binary, env = split_bin(b)
             with open(out_path, "wb") as out:
                 p = subprocess.run(
-                    ["/usr/bin/time", "-f", "%M"] + [b] + args, stdout=out, stderr=subprocess.PIPE
+                    ["/usr/bin/time", "-f", "%M"] + [binary] + args,
+                    stdout=out,
+                    stderr=subprocess.PIPE,
+                    env=env,
                 )
             kb = int(p.stderr.decode().strip().splitlines()[-1])
             print(f"peak resident memory (/usr/bin/time) of {b}: {kb / 1024:.0f} MB")
