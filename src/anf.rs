@@ -31,12 +31,11 @@ use serde::Serialize;
 /// (one forward pass over the graph) to spare the sweeps of the flat ones.
 pub const FLAT_MIN_K: usize = 64;
 
-/// Fewest sweeps, and smallest adjoint buffer (elements), for which the sweeps of
-/// [`ActiveData::compute_in`] are spread over threads (below, starting a thread costs more
-/// than it saves).
+/// Time the sweeps of [`ActiveData::compute_in`] run on the calling thread before the rest
+/// are spread over threads (below it, starting a thread costs more than it saves).
+pub const PAR_AFTER: std::time::Duration = std::time::Duration::from_micros(500);
+/// Fewest sweeps left after [`PAR_AFTER`] for which threads are started.
 pub const PAR_MIN_SWEEPS: usize = 8;
-/// See [`PAR_MIN_SWEEPS`].
-pub const PAR_MIN_LEN: usize = 1 << 14;
 
 /// The abs-normal form at x̂ (sparse rows), in kinkcheck's scalar-output setting (m = 1).
 #[derive(Debug, Clone)]
@@ -276,7 +275,7 @@ impl ActiveData {
         z: &[f64],
         active: &[SwitchId],
     ) -> Result<ActiveData, EvalError> {
-        Self::compute_with(sw, z, active, active.len() >= FLAT_MIN_K)
+        Self::compute_with(sw, z, active, active.len() >= FLAT_MIN_K, PAR_AFTER)
     }
 
     /// [`Self::compute_in`], with or without the [`Flatness`] pre-pass (`false`: one sweep per
@@ -286,6 +285,7 @@ impl ActiveData {
         z: &[f64],
         active: &[SwitchId],
         use_flat: bool,
+        par_after: std::time::Duration,
     ) -> Result<ActiveData, EvalError> {
         let (g, ev) = (sw.graph(), sw.evaluation());
         let mut pos = vec![usize::MAX; g.n_switches()];
@@ -304,20 +304,32 @@ impl ActiveData {
         // without a sweep: their rows are zero (an L̂ row of a flat switch only refers to flat
         // switches, which are dropped with it).
         // the sweep from the output (the longest) runs beside the flatness pre-pass
-        let (flat, out) = crate::par::join(
-            || use_flat.then(|| Flatness::compute(g, ev, &rules)).flatten(),
-            || sw.sweep(Seed::Output, &rules),
-        );
+        let (flat, out) = if use_flat {
+            crate::par::join(
+                || Flatness::compute(g, ev, &rules),
+                || sw.sweep(Seed::Output, &rules),
+            )
+        } else {
+            (None, sw.sweep(Seed::Output, &rules))
+        };
         let out = out?;
         let swept: Vec<SwitchId> = active
             .iter()
             .copied()
             .filter(|&s| !flat.as_ref().is_some_and(|f| f.switch_is_flat(g, s)))
             .collect();
-        // the sweeps are independent, so they run on the machine's cores (crate::par), each
-        // thread with its own buffers, and come back in order
-        let threads = if swept.len() >= PAR_MIN_SWEEPS && g.total_len() >= PAR_MIN_LEN {
-            crate::par::threads().min(swept.len() / 2)
+        // The sweeps are independent. They run on this thread until they have taken
+        // PAR_AFTER; the ones left then go to the machine's cores (crate::par), each thread
+        // with its own buffers, when there are enough of them. The rows come back in order,
+        // the same numbers either way (only the time depends on the clock).
+        let started = std::time::Instant::now();
+        let mut rows = Vec::with_capacity(swept.len());
+        while rows.len() < swept.len() && started.elapsed() < par_after {
+            rows.push(sw.sweep_sparse(Seed::Switch(swept[rows.len()]), &rules));
+        }
+        let (done, left) = (rows.len(), swept.len() - rows.len());
+        let threads = if left >= PAR_MIN_SWEEPS {
+            crate::par::threads().min(left / 2)
         } else {
             1
         };
@@ -325,10 +337,10 @@ impl ActiveData {
         let mut states: Vec<&mut ReverseSweeper> = Vec::with_capacity(threads);
         states.push(sw);
         states.extend(forks.iter_mut());
-        let mut swept_rows = crate::par::map_with(&mut states, swept.len(), |sw, q| {
-            sw.sweep_sparse(Seed::Switch(swept[q]), &rules)
-        })
-        .into_iter();
+        rows.extend(crate::par::map_with(&mut states, left, |sw, q| {
+            sw.sweep_sparse(Seed::Switch(swept[done + q]), &rules)
+        }));
+        let mut swept_rows = rows.into_iter();
         for &s in active {
             if flat.as_ref().is_some_and(|f| f.switch_is_flat(g, s)) {
                 j.push(SparseRow {

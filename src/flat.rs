@@ -287,9 +287,32 @@ mod tests {
         let z: Vec<f64> = states.iter().map(|s| s.z).collect();
         let act: Vec<SwitchId> = states.iter().filter(|s| s.z == 0.0).map(|s| s.id).collect();
         let mut sw = crate::eval::ReverseSweeper::new(g, &ev);
-        let a = ActiveData::compute_with(&mut sw, &z, &act, true).unwrap();
-        let b = ActiveData::compute_with(&mut sw, &z, &act, false).unwrap();
+        let serial = std::time::Duration::MAX;
+        let a = ActiveData::compute_with(&mut sw, &z, &act, true, serial).unwrap();
+        let b = ActiveData::compute_with(&mut sw, &z, &act, false, serial).unwrap();
+        // and the same on three threads from the first sweep on (the pre-pass beside the
+        // output sweep, every row sweep spread over the threads)
+        crate::par::set_threads(3);
+        let zero = std::time::Duration::ZERO;
+        let a3 = ActiveData::compute_with(&mut sw, &z, &act, true, zero).unwrap();
+        let b3 = ActiveData::compute_with(&mut sw, &z, &act, false, zero).unwrap();
+        crate::par::set_threads(0);
         let bits = |v: &[f64]| v.iter().map(|c| c.to_bits()).collect::<Vec<_>>();
+        for (x, y) in [(&a, &a3), (&b, &b3)] {
+            assert_eq!(x.active, y.active);
+            assert_eq!(x.degenerate, y.degenerate);
+            assert_eq!(x.j.len(), y.j.len());
+            for (rx, ry) in x.j.iter().zip(&y.j) {
+                assert_eq!(rx.idx, ry.idx);
+                assert_eq!(bits(&rx.val), bits(&ry.val));
+            }
+            assert_eq!(x.lhat.len(), y.lhat.len());
+            for (rx, ry) in x.lhat.iter().zip(&y.lhat) {
+                assert_eq!(bits(rx), bits(ry));
+            }
+            assert_eq!(bits(&x.g0), bits(&y.g0));
+            assert_eq!(bits(&x.bhat), bits(&y.bhat));
+        }
         assert_eq!(a.active, b.active);
         assert_eq!(a.degenerate, b.degenerate);
         assert!(

@@ -107,15 +107,17 @@ pub fn load_with(
         .to_ascii_lowercase();
     // the batch and the model are read and parsed at the same time (on two cores, when
     // there are two); an error in the batch is reported first, as if it had been read first
-    let (data, source) = crate::par::join(
-        || match data {
-            Some(d) => Data::from_json(&read_text(d)?)
-                .map(Some)
-                .map_err(|e| at_path(d, e)),
-            None => Ok(None),
-        },
-        || read_source(path, &ext),
-    );
+    let parse_data = || match data {
+        Some(d) => Data::from_json(&read_text(d)?)
+            .map(Some)
+            .map_err(|e| at_path(d, e)),
+        None => Ok(None),
+    };
+    let (data, source) = if data.is_some() {
+        crate::par::join(parse_data, || read_source(path, &ext))
+    } else {
+        (parse_data(), read_source(path, &ext))
+    };
     let data = data?;
     match source? {
         Source::Network(net) => net
