@@ -57,10 +57,11 @@ fn planted_network(ins: usize, hidden: usize, outs: usize, batch: usize, planted
     .to_string()
 }
 
-fn write_network() -> std::path::PathBuf {
+/// The network written to a file of its own for each test (the tests run at the same time).
+fn write_network(name: &str) -> std::path::PathBuf {
     let dir = std::env::temp_dir().join(format!("kinkcheck-threads-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join("mlp.json");
+    let path = dir.join(format!("{name}.json"));
     // 200·160 + 160 + 160·10 + 10 = 33 770 parameters ≥ PAR_JSON_MIN
     std::fs::write(&path, planted_network(200, 160, 10, 16, 24)).unwrap();
     path
@@ -68,7 +69,7 @@ fn write_network() -> std::path::PathBuf {
 
 #[test]
 fn cli_report_is_the_same_on_one_two_and_three_threads() {
-    let path = write_network();
+    let path = write_network("cli");
     let run = |threads: &str| {
         let out = Command::new(env!("CARGO_BIN_EXE_kinkcheck"))
             .args(["verify", path.to_str().unwrap(), "--json"])
@@ -101,7 +102,7 @@ fn cli_report_is_the_same_on_one_two_and_three_threads() {
 
 #[test]
 fn spelled_text_is_serde_jsons_and_is_not_used_once_stale() {
-    let path = write_network();
+    let path = write_network("library");
     let p = frontend::load(&path, None, None, None).unwrap();
     let x = p.point.clone().unwrap();
     let opts = VerifyOptions::new(Convention::pytorch());
