@@ -333,13 +333,14 @@ impl ActiveData {
         } else {
             1
         };
-        let mut forks: Vec<ReverseSweeper> = (1..threads).map(|_| sw.fork()).collect();
-        let mut states: Vec<&mut ReverseSweeper> = Vec::with_capacity(threads);
-        states.push(sw);
-        states.extend(forks.iter_mut());
-        rows.extend(crate::par::map_with(&mut states, left, |sw, q| {
-            sw.sweep_sparse(Seed::Switch(swept[done + q]), &rules)
-        }));
+        // each other thread builds its own buffers while this one goes on sweeping
+        rows.extend(crate::par::map_with_helpers(
+            sw,
+            threads - 1,
+            || ReverseSweeper::new(g, ev),
+            left,
+            |sw, q| sw.sweep_sparse(Seed::Switch(swept[done + q]), &rules),
+        ));
         let mut swept_rows = rows.into_iter();
         for &s in active {
             if flat.as_ref().is_some_and(|f| f.switch_is_flat(g, s)) {

@@ -223,9 +223,10 @@ pub fn ancestors(g: &Graph, targets: &[NodeId]) -> Vec<bool> {
 }
 
 /// [`evaluate`] restricted to the nodes of `mask` (closed under operands, e.g. from
-/// [`ancestors`]), in node order, into `vals` (resized to the value buffer's length; the values
-/// of the other nodes are left as they were, so one buffer serves many points). Errors are
-/// those of the masked nodes.
+/// [`ancestors`]), into `vals` (resized to the value buffer's length; the values of the other
+/// nodes are left as they were, so one buffer serves many points). Errors are those of the
+/// masked nodes, as in node order. Like [`evaluate`], the masked members of a batched dense
+/// layer are one matrix–matrix product.
 pub fn evaluate_on(
     g: &Graph,
     x: &[f64],
@@ -234,6 +235,40 @@ pub fn evaluate_on(
 ) -> Result<(), EvalError> {
     check_point(g, x)?;
     vals.resize(g.total_len(), 0.0);
+    if let Some(sched) = Schedule::new(g) {
+        let mut ok = true;
+        let mut live = Vec::new();
+        for step in &sched.steps {
+            match step {
+                Step::Node(i) if mask[*i] => ok = eval_node(g, vals, x, *i).is_ok(),
+                Step::Node(_) => {}
+                Step::Group(members) => {
+                    live.clear();
+                    live.extend(members.iter().copied().filter(|&i| mask[i]));
+                    if live.len() >= GEMM_MIN_DIM {
+                        gemm_forward(g, vals, &live);
+                        ok = live.iter().all(|&i| {
+                            let n = &g.nodes()[i];
+                            vals[n.offset..n.offset + n.len]
+                                .iter()
+                                .all(|v| v.is_finite())
+                        });
+                    } else {
+                        for &i in &live {
+                            ok = ok && eval_node(g, vals, x, i).is_ok();
+                        }
+                    }
+                }
+            }
+            if !ok {
+                break;
+            }
+        }
+        if ok {
+            return Ok(());
+        }
+        // an error: the evaluation in node order reports the first one in node order
+    }
     for i in (0..g.nodes().len()).filter(|&i| mask[i]) {
         eval_node(g, vals, x, i)?;
     }
@@ -375,6 +410,9 @@ enum Step {
 #[derive(Debug, Clone)]
 struct Schedule {
     steps: Vec<Step>,
+    /// For each node, the index of the step that computes it (a reverse sweep seeded at a
+    /// node starts there: the later steps only hold nodes that do not reach it).
+    step_of: Vec<u32>,
 }
 
 impl Schedule {
@@ -434,7 +472,14 @@ impl Schedule {
                 }
             }
         }
-        grouped.then_some(Schedule { steps })
+        let mut step_of = vec![0u32; n];
+        for (t, step) in steps.iter().enumerate() {
+            match step {
+                Step::Node(i) => step_of[*i] = t as u32,
+                Step::Group(m) => m.iter().for_each(|&i| step_of[i] = t as u32),
+            }
+        }
+        grouped.then_some(Schedule { steps, step_of })
     }
 }
 
@@ -470,6 +515,22 @@ fn gemm_forward(g: &Graph, buf: &mut [f64], members: &[usize]) {
     out.gemm(1.0, &wm, &xm, 0.0);
     for (s, &(_, oo)) in slots.iter().enumerate() {
         buf[oo..oo + rows].copy_from_slice(&out.as_slice()[s * rows..(s + 1) * rows]);
+    }
+}
+
+/// `out_s,r = ‖W_r‖₁ · maxⱼ x_sj` for every member of a group, on magnitudes `buf` (all ≥ 0):
+/// an upper bound of `(W x_s)_r`, at the cost of reading W once.
+fn group_bound(g: &Graph, buf: &mut [f64], members: &[usize]) {
+    let (w, rows, lx, slots) = group_slots(g, members);
+    let ow = g.node(w).offset;
+    let norms: Vec<f64> = (0..rows)
+        .map(|r| buf[ow + r * lx..ow + (r + 1) * lx].iter().sum())
+        .collect();
+    for &(ox, oo) in &slots {
+        let top = buf[ox..ox + lx].iter().fold(0.0f64, |a, &v| a.max(v));
+        for (o, &nr) in buf[oo..oo + rows].iter_mut().zip(&norms) {
+            *o = nr * top;
+        }
     }
 }
 
@@ -518,12 +579,19 @@ fn logsumexp(v: &[f64]) -> f64 {
 /// `0 < |zᵢ| ≤ τ_act · scaleᵢ` (THEORY §6.6): a cancellation to a tiny nonzero is then
 /// recognised as a possible rounding of an exact kink.
 pub fn magnitudes(g: &Graph, ev: &Evaluation) -> Vec<f64> {
+    magnitudes_by(g, ev, Schedule::new(g).as_ref(), false)
+}
+
+/// [`magnitudes`] over the schedule `sched`; with `bound`, each batched product is replaced
+/// by its bound `‖W_r‖₁ · maxⱼ m(x_sj)` (see [`switch_states_bounded`]).
+fn magnitudes_by(g: &Graph, ev: &Evaluation, sched: Option<&Schedule>, bound: bool) -> Vec<f64> {
     let mut m = vec![0.0; g.total_len()];
-    match Schedule::new(g) {
+    match sched {
         Some(sched) => {
             for step in &sched.steps {
                 match step {
                     Step::Node(i) => magnitude_node(g, ev, &mut m, *i),
+                    Step::Group(members) if bound => group_bound(g, &mut m, members),
                     Step::Group(members) => gemm_forward(g, &mut m, members),
                 }
             }
@@ -794,6 +862,11 @@ impl<'a> ReverseSweeper<'a> {
         }
     }
 
+    /// The adjoint buffer (one entry per value of the graph), to be reused by the caller.
+    pub fn into_buffer(self) -> Vec<f64> {
+        self.adj
+    }
+
     /// The graph the sweeps run over.
     pub fn graph(&self) -> &'a Graph {
         self.g
@@ -884,7 +957,8 @@ impl<'a> ReverseSweeper<'a> {
         };
         match &self.sched {
             Some(sched) => {
-                for step in sched.steps.iter().rev() {
+                let last = sched.step_of[start.index()] as usize;
+                for step in sched.steps[..=last].iter().rev() {
                     match step {
                         Step::Node(i) if m.touched[*i] => visit(*i, adj, m),
                         Step::Node(_) => {}
@@ -1315,7 +1389,52 @@ pub const TAU_ACT: f64 = 1e-12;
 
 /// The switches at the point, with their activity (`τ_act` relative band).
 pub fn switch_states(g: &Graph, ev: &Evaluation, tau_act: f64) -> Vec<SwitchState> {
-    let mags = magnitudes(g, ev);
+    classify(g, ev, tau_act, &magnitudes(g, ev))
+}
+
+/// [`switch_states`] without the product of every dense layer with the magnitudes, where
+/// bounds decide: the same `id`, `z`, `activity` and `role` for every switch; `scale` is the
+/// magnitude of [`switch_states`] when some switch needs it, else an upper bound of it.
+///
+/// The bounds are [`magnitudes`] with each batched product `Σⱼ |W_rj| m(x_sj)` replaced by
+/// `‖W_r‖₁ · maxⱼ m(x_sj)` (every other node as there, each monotone in its operands'
+/// magnitudes, all ≥ 0), so every bound is at least the magnitude, up to rounding of relative
+/// size (depth × width × ε). When every switch with zᵢ ≠ 0 has `|zᵢ| > 2 τ_act · boundᵢ`
+/// (the factor 2 covers that rounding many times over) they are all inactive under the exact
+/// magnitudes too, and switches with zᵢ = 0 are active whatever the scale: the answer is that
+/// of [`switch_states`]. Otherwise the exact magnitudes are computed and used.
+///
+/// ```
+/// use kinkcheck::eval;
+/// let g = kinkcheck::compile("vars x, y; f = relu(x - y) + abs(x)").unwrap().graph;
+/// let ev = eval::evaluate(&g, &[1.0, 1.0]).unwrap();
+/// let fast = eval::switch_states_bounded(&g, &ev, eval::TAU_ACT);
+/// let exact = eval::switch_states(&g, &ev, eval::TAU_ACT);
+/// let act = |v: &[eval::SwitchState]| v.iter().map(|s| s.activity).collect::<Vec<_>>();
+/// assert_eq!(act(&fast), act(&exact));
+/// ```
+pub fn switch_states_bounded(g: &Graph, ev: &Evaluation, tau_act: f64) -> Vec<SwitchState> {
+    let Some(sched) = Schedule::new(g) else {
+        // no batched products: the bounds would cost what the magnitudes cost
+        return switch_states(g, ev, tau_act);
+    };
+    let bounds = magnitudes_by(g, ev, Some(&sched), true);
+    let decided = g.abs_nodes().iter().all(|an| {
+        let n = g.node(an.arg);
+        (n.offset..n.offset + n.len).all(|i| {
+            let z = ev.values[i];
+            z == 0.0 || z.abs() > 2.0 * tau_act * bounds[i]
+        })
+    });
+    if decided {
+        classify(g, ev, tau_act, &bounds)
+    } else {
+        classify(g, ev, tau_act, &magnitudes_by(g, ev, Some(&sched), false))
+    }
+}
+
+/// The switch states with the scales `mags` (one per value of the graph).
+fn classify(g: &Graph, ev: &Evaluation, tau_act: f64, mags: &[f64]) -> Vec<SwitchState> {
     let mut out = Vec::with_capacity(g.n_switches());
     for an in g.abs_nodes() {
         let n = g.node(an.arg);

@@ -143,10 +143,12 @@ fn load(src: &SourceArgs) -> Result<Problem, Error> {
     }
 }
 
-fn point(src: &SourceArgs, p: &Problem) -> Result<Vec<f64>, Error> {
-    let x = match (&src.at, &p.point) {
-        (Some(at), _) => parse_numbers(at, "--at")?,
-        (None, Some(x)) => x.clone(),
+/// The point: `--at`, else the one the source carries (borrowed: a network's parameters can
+/// be megabytes).
+fn point<'p>(src: &SourceArgs, p: &'p Problem) -> Result<std::borrow::Cow<'p, [f64]>, Error> {
+    let x: std::borrow::Cow<[f64]> = match (&src.at, &p.point) {
+        (Some(at), _) => parse_numbers(at, "--at")?.into(),
+        (None, Some(x)) => x.as_slice().into(),
         (None, None) => return Err(Error::input("--at is required for programs")),
     };
     if x.len() != p.var_names.len() {

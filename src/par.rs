@@ -102,6 +102,76 @@ where
         .collect()
 }
 
+/// [`map_with`] where only the calling thread's state exists yet: each of `helpers` other
+/// threads first makes its own state with `make` (so that the calling thread, which starts
+/// on the jobs at once with `first`, never waits for a state to be built), then takes jobs
+/// like the calling thread. The results come back in job order.
+///
+/// ```
+/// let mut mine = Vec::new();
+/// let out = kinkcheck::par::map_with_helpers(&mut mine, 2, Vec::new, 20, |seen, i| {
+///     seen.push(i);
+///     2 * i
+/// });
+/// assert_eq!(out, (0..20).map(|i| 2 * i).collect::<Vec<_>>());
+/// assert!(mine.windows(2).all(|w| w[0] < w[1]));
+/// ```
+pub fn map_with_helpers<S, T, F, M>(
+    first: &mut S,
+    helpers: usize,
+    make: M,
+    n: usize,
+    f: F,
+) -> Vec<T>
+where
+    T: Send,
+    F: Fn(&mut S, usize) -> T + Sync,
+    M: Fn() -> S + Sync,
+{
+    if helpers == 0 || n <= 1 {
+        return (0..n).map(|i| f(first, i)).collect();
+    }
+    let next = AtomicUsize::new(0);
+    let work = |s: &mut S| {
+        let mut done = Vec::new();
+        loop {
+            let i = next.fetch_add(1, Ordering::Relaxed);
+            if i >= n {
+                return done;
+            }
+            done.push((i, f(s, i)));
+        }
+    };
+    let mut slots: Vec<Option<T>> = (0..n).map(|_| None).collect();
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..helpers)
+            .map(|_| {
+                scope.spawn(|| {
+                    // no jobs left by the time the state would be ready: do not build it
+                    if next.load(Ordering::Relaxed) >= n {
+                        return Vec::new();
+                    }
+                    work(&mut make())
+                })
+            })
+            .collect();
+        let mut all = vec![work(first)];
+        for h in handles {
+            // a job that panicked panics here too, as it would have on one thread
+            all.push(h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)));
+        }
+        for (i, t) in all.into_iter().flatten() {
+            slots[i] = Some(t);
+        }
+    });
+    // every index below n was handed out exactly once by the counter, and every thread ran
+    // its jobs to completion before the scope ended
+    slots
+        .into_iter()
+        .map(|t| t.expect("every job ran once"))
+        .collect()
+}
+
 /// `(a(), b())`: `a` on another thread while `b` runs on this one when there is more than
 /// one thread ([`threads`]), else one after the other.
 ///
@@ -222,6 +292,35 @@ mod tests {
         jobs.stop();
         jobs.work();
         assert_eq!(jobs.into_results(), None);
+    }
+
+    #[test]
+    fn helpers_build_their_own_state_and_results_stay_in_order() {
+        for helpers in 0..=3 {
+            for n in [0, 1, 2, 9, 200] {
+                let mut mine = Vec::new();
+                let made = AtomicUsize::new(0);
+                let out = map_with_helpers(
+                    &mut mine,
+                    helpers,
+                    || {
+                        made.fetch_add(1, Ordering::Relaxed);
+                        Vec::new()
+                    },
+                    n,
+                    |seen: &mut Vec<usize>, i| {
+                        seen.push(i);
+                        i * i + 1
+                    },
+                );
+                assert_eq!(out, (0..n).map(|i| i * i + 1).collect::<Vec<_>>());
+                assert!(mine.windows(2).all(|w| w[0] < w[1]));
+                assert!(made.load(Ordering::Relaxed) <= helpers);
+                if n <= 1 {
+                    assert_eq!(made.load(Ordering::Relaxed), 0, "no helper for one job");
+                }
+            }
+        }
     }
 
     #[test]

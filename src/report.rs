@@ -96,10 +96,14 @@ pub struct PieceReport {
     /// into independent blocks. Omitted for very large n.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub gradient: Option<Vec<f64>>,
-    /// A direction d with the piece's signs on x̂ + εd (realized pieces).
+    /// A direction d with the piece's signs on x̂ + εd (realized pieces). Omitted, like the
+    /// gradient, for very large n.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub witness: Option<Vec<f64>>,
-    /// Did the real program show the piece's signs at x̂ + εd for a small ε?
+    /// Did the real program show the piece's signs at x̂ + εd for a small ε? (A check of the
+    /// witness beside the LP or LIKQ argument that made the piece realized; it decides
+    /// nothing. Omitted with the witness for very large n, where it costs as much as a
+    /// forward pass over the batch.)
     #[serde(skip_serializing_if = "Option::is_none")]
     pub witness_checked: Option<bool>,
     pub block: usize,
@@ -254,7 +258,7 @@ impl Report {
                     }
                     w.write_all(b"]")
                 },
-                |w| w.write_all(&t.names_text),
+                |w| t.names_text.iter().try_for_each(|c| w.write_all(c)),
             ),
             None => self.write_json_with(
                 w,
@@ -314,63 +318,101 @@ impl Report {
 pub const PAR_JSON_MIN: usize = 1 << 15;
 
 /// The JSON text of a long gradient (in consecutive parts, each but the first led by its
-/// comma, no brackets) and of the variable names (the whole array), spelled by
-/// [`spell_jobs`] while [`verify`] runs the analysis, so that [`Report::write_json`] costs
-/// little more than the writes. It is used only while the report's `gradient` and
-/// `variables` are still those it spells (the fields are public).
+/// comma, no brackets), spelled by [`spell_jobs`] while [`verify`] runs the analysis, and of
+/// the variable names (the whole array, in the chunks of [`Chunks`]), spelled from the start
+/// of [`verify`], so that [`Report::write_json`] costs little more than the writes. It is
+/// used only while the report's `gradient` and `variables` are still those it spells (the
+/// fields are public): the names are compared, the gradient by its [`fingerprint`] (no copy
+/// of it is kept: fresh memory is what costs most in a large `verify`).
 #[derive(Clone)]
 struct Spelled {
-    gradient: Vec<f64>,
+    fingerprint: [u64; 3],
     names: VarNames,
     parts: Vec<Vec<u8>>,
-    names_text: Vec<u8>,
+    names_text: Vec<Vec<u8>>,
 }
 
 impl Spelled {
-    /// Whether this is the text of `r`'s gradient (bit for bit) and names.
+    /// Whether this is the text of `r`'s gradient and names.
     fn is_of(&self, r: &Report) -> bool {
-        self.gradient.len() == r.gradient.len()
-            && self
-                .gradient
-                .iter()
-                .zip(&r.gradient)
-                .all(|(a, b)| a.to_bits() == b.to_bits())
-            && self.names.same_runs(&r.variables)
+        self.fingerprint == fingerprint(&r.gradient) && self.names.same_runs(&r.variables)
+    }
+}
+
+/// The length and two 64-bit hashes of the bits of `v`. Each step of a hash,
+/// `h ← (rotl(h, r) ⊕ bits) · K` with K odd, is one-to-one in h and in the entry's bits, so a
+/// vector that differs from `v` in one entry (or in length) always has another fingerprint;
+/// vectors differing in several entries collide with chance about 2⁻¹²⁸.
+fn fingerprint(v: &[f64]) -> [u64; 3] {
+    let (mut a, mut b) = (0u64, 0u64);
+    for x in v {
+        let t = x.to_bits();
+        a = (a.rotate_left(5) ^ t).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        b = (b.rotate_left(23) ^ t).wrapping_mul(0xC2B2_AE3D_27D4_EB4F);
+    }
+    [v.len() as u64, a, b]
+}
+
+/// A writer that keeps what it is given in chunks of at least [`Chunks::SIZE`] bytes, each
+/// allocated once at that size: no reallocation copies the text as it grows, and it is
+/// written out in few large writes.
+#[derive(Default)]
+struct Chunks(Vec<Vec<u8>>);
+
+impl Chunks {
+    const SIZE: usize = 1 << 20;
+}
+
+impl std::io::Write for Chunks {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        match self.0.last_mut() {
+            Some(c) if c.capacity() - c.len() >= buf.len() => c.extend_from_slice(buf),
+            _ => {
+                let mut c = Vec::with_capacity(buf.len().max(Self::SIZE));
+                c.extend_from_slice(buf);
+                self.0.push(c);
+            }
+        }
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
     }
 }
 
 impl std::fmt::Debug for Spelled {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let bytes: usize = self.parts.iter().map(Vec::len).sum::<usize>() + self.names_text.len();
+        let bytes: usize = self
+            .parts
+            .iter()
+            .chain(&self.names_text)
+            .map(Vec::len)
+            .sum();
         write!(f, "Spelled({bytes} bytes of JSON)")
     }
 }
 
-/// Jobs that spell `gradient` (in `4 × threads` parts) and `names` (the last job) as JSON,
-/// when the gradient has at least [`PAR_JSON_MIN`] entries and there is more than one
-/// thread ([`crate::par::threads`]); the bytes are those of the one-thread writers.
-fn spell_jobs<'a>(
-    gradient: &'a [f64],
-    names: &'a VarNames,
-) -> Option<crate::par::Jobs<Vec<u8>, impl Fn(usize) -> Vec<u8> + Sync + 'a>> {
-    let threads = crate::par::threads();
+/// Whether [`verify`] spells the report's long arrays on other cores: a gradient of at least
+/// [`PAR_JSON_MIN`] entries and more than one thread ([`crate::par::threads`]).
+fn spell_beside(n: usize) -> bool {
+    n >= PAR_JSON_MIN && crate::par::threads() >= 2
+}
+
+/// Jobs that spell `gradient` as JSON in `4 × threads` parts; the bytes are those of the
+/// one-thread writer.
+fn spell_jobs(
+    gradient: &[f64],
+) -> crate::par::Jobs<Vec<u8>, impl Fn(usize) -> Vec<u8> + Sync + '_> {
     let n = gradient.len();
-    if threads < 2 || n < PAR_JSON_MIN {
-        return None;
-    }
-    let parts = 4 * threads;
+    let parts = 4 * crate::par::threads().max(1);
     let per = n.div_ceil(parts);
-    Some(crate::par::Jobs::new(parts + 1, move |job| {
+    crate::par::Jobs::new(parts, move |job| {
         let mut text = Vec::new();
-        if job == parts {
-            // writing into a Vec cannot fail
-            let _ = names.write_json(&mut text);
-        } else {
-            let (lo, hi) = ((job * per).min(n), ((job + 1) * per).min(n));
-            push_json_floats(&gradient[lo..hi], job > 0, &mut text);
-        }
+        let (lo, hi) = ((job * per).min(n), ((job + 1) * per).min(n));
+        push_json_floats(&gradient[lo..hi], job > 0, &mut text);
         text
-    }))
+    })
 }
 
 /// Append the elements of `v` as `write_json_floats` spells them, without the brackets, each
@@ -513,6 +555,29 @@ fn combine(st: &Stage) -> (Verdict, String) {
 /// Run the pipeline on `problem` at `point`: AD under the convention (or the given vector),
 /// active switches, analyzer, LP checker, verdict and certificate.
 pub fn verify(problem: &Problem, point: &[f64], opts: &VerifyOptions) -> Result<Report, Error> {
+    if !spell_beside(problem.graph.n_vars()) {
+        return verify_with(problem, point, opts, None);
+    }
+    // The JSON text of the names does not depend on the point: another core spells it from
+    // the start (while this one evaluates), see [`Spelled`].
+    std::thread::scope(|scope| {
+        let names = scope.spawn(|| {
+            let mut text = Chunks::default();
+            // writing into memory cannot fail
+            let _ = problem.var_names.write_json(&mut text);
+            text.0
+        });
+        verify_with(problem, point, opts, Some(names))
+    })
+}
+
+/// [`verify`], with the names' JSON text being spelled by `names` when it is given.
+fn verify_with(
+    problem: &Problem,
+    point: &[f64],
+    opts: &VerifyOptions,
+    names: Option<std::thread::ScopedJoinHandle<'_, Vec<Vec<u8>>>>,
+) -> Result<Report, Error> {
     let g = &problem.graph;
     if let Some(v) = &opts.gradient {
         if v.len() != g.n_vars() {
@@ -527,7 +592,7 @@ pub fn verify(problem: &Problem, point: &[f64], opts: &VerifyOptions) -> Result<
         }
     }
     let ev = eval::evaluate(g, point)?;
-    let states = eval::switch_states(g, &ev, opts.tau_act);
+    let states = eval::switch_states_bounded(g, &ev, opts.tau_act);
     let z: Vec<f64> = states.iter().map(|s| s.z).collect();
     let exact: Vec<SwitchId> = states
         .iter()
@@ -567,13 +632,13 @@ pub fn verify(problem: &Problem, point: &[f64], opts: &VerifyOptions) -> Result<
     }
     // The JSON text of a long gradient and of the names is spelled on another core while
     // this one runs the analysis (and helps when it is done).
-    let spell = spell_jobs(&gradient, &problem.var_names);
+    let spell = names.map(|h| (h, spell_jobs(&gradient)));
     let analysed = std::thread::scope(|scope| {
-        if let Some(jobs) = &spell {
+        if let Some((_, jobs)) = &spell {
             scope.spawn(|| jobs.work());
         }
         let analysed = analyse(g, &z, data, &exact, &near, &gradient, opts, &mut sw);
-        if let Some(jobs) = &spell {
+        if let Some((_, jobs)) = &spell {
             match analysed {
                 Ok(_) => jobs.work(),
                 Err(_) => jobs.stop(),
@@ -582,17 +647,20 @@ pub fn verify(problem: &Problem, point: &[f64], opts: &VerifyOptions) -> Result<
         analysed
     });
     let (stage, verdict, reason) = analysed?;
-    let spelled = spell
-        .and_then(|jobs| jobs.into_results())
-        .and_then(|mut parts| {
-            let names_text = parts.pop()?;
-            Some(std::sync::Arc::new(Spelled {
-                gradient: gradient.clone(),
+    let spelled = spell.and_then(|(names, jobs)| {
+        // a panic while spelling the names panics here, as it would have on this thread
+        let names_text = names
+            .join()
+            .unwrap_or_else(|p| std::panic::resume_unwind(p));
+        jobs.into_results().map(|parts| {
+            std::sync::Arc::new(Spelled {
+                fingerprint: fingerprint(&gradient),
                 names: problem.var_names.clone(),
                 parts,
                 names_text,
-            }))
-        });
+            })
+        })
+    });
     let sigma = |s: &SwitchState| {
         opts.gradient
             .is_none()
@@ -620,7 +688,9 @@ pub fn verify(problem: &Problem, point: &[f64], opts: &VerifyOptions) -> Result<
         .collect();
     let n = g.n_vars();
     let single = stage.check.blocks.len() <= 1;
-    let mut wbuf = Vec::new(); // one value buffer for every witness evaluation
+    // one value buffer for every witness evaluation: the sweeps' adjoint buffer, as long
+    // (memory already touched: fresh pages cost more than the evaluation)
+    let mut wbuf = sw.into_buffer();
     let pieces: Vec<PieceReport> = stage
         .check
         .pieces
@@ -631,8 +701,8 @@ pub fn verify(problem: &Problem, point: &[f64], opts: &VerifyOptions) -> Result<
             for (&i, &s) in block.iter().zip(&p.signs) {
                 signs[pos_in_active[i]] = s;
             }
-            let contribution = stage.space.lift(&stage.data, &p.offset);
             let gradient = (n <= PRINT_N).then(|| {
+                let contribution = stage.space.lift(&stage.data, &p.offset);
                 if single {
                     contribution
                         .iter()
@@ -643,7 +713,11 @@ pub fn verify(problem: &Problem, point: &[f64], opts: &VerifyOptions) -> Result<
                     contribution
                 }
             });
-            let witness = p.witness.as_ref().map(|e| stage.space.lift(&stage.data, e));
+            let witness = p
+                .witness
+                .as_ref()
+                .filter(|_| n <= PRINT_N)
+                .map(|e| stage.space.lift(&stage.data, e));
             let witness_checked = witness.as_ref().map(|d| {
                 witness_holds(g, point, d, &stage.data.active, &block, &p.signs, &mut wbuf)
             });
@@ -651,7 +725,7 @@ pub fn verify(problem: &Problem, point: &[f64], opts: &VerifyOptions) -> Result<
                 signs,
                 status: p.status,
                 gradient,
-                witness: witness.filter(|_| n <= PRINT_N),
+                witness,
                 witness_checked,
                 block: p.block,
             }
@@ -955,9 +1029,12 @@ fn witness_holds(
         })
         .collect();
     let cone = eval::ancestors(g, &at.iter().map(|a| a.0).collect::<Vec<_>>());
+    let mut xp = vec![0.0; x.len()];
     for k in 2..8 {
         let eps = xn * 10f64.powi(-k) / dn;
-        let xp: Vec<f64> = x.iter().zip(d).map(|(a, b)| a + eps * b).collect();
+        for ((p, a), b) in xp.iter_mut().zip(x).zip(d) {
+            *p = a + eps * b;
+        }
         if eval::evaluate_on(g, &xp, &cone, vals).is_err() {
             continue;
         }

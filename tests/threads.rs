@@ -90,6 +90,16 @@ fn cli_report_is_the_same_on_one_two_and_three_threads() {
     // big enough that the threaded paths run (sweeps: ≥ 8; JSON: ≥ PAR_JSON_MIN)
     assert!(n >= PAR_JSON_MIN && active >= 16, "n {n}, {active} active");
     assert_eq!(r["variables"].as_array().unwrap().len(), n);
+    // verdict in with its certificate: the weight-support shortcut's one realized piece
+    // (before, its check of v − g0 against the row space cancelled to noise of order √ε·‖v‖ at
+    // this size and the report had no certificate)
+    assert_eq!(r["verdict"], "in");
+    let weights = r["certificate"]["weights"]
+        .as_array()
+        .expect("IN certificate");
+    let total: f64 = weights.iter().map(|w| w.as_f64().unwrap()).sum();
+    assert!((total - 1.0).abs() < 1e-12, "weights sum to {total}");
+    assert_eq!(r["pieces"][0]["status"], "realized");
     for t in ["2", "3"] {
         let other = run(t);
         assert_eq!(other.0, one.0, "exit status, {t} threads");
@@ -99,6 +109,9 @@ fn cli_report_is_the_same_on_one_two_and_three_threads() {
         );
     }
 }
+
+/// A change of a gradient in place.
+type Edit = dyn Fn(&mut Vec<f64>);
 
 #[test]
 fn spelled_text_is_serde_jsons_and_is_not_used_once_stale() {
@@ -114,8 +127,37 @@ fn spelled_text_is_serde_jsons_and_is_not_used_once_stale() {
         r.write_json(&mut text).unwrap();
         assert!(text == serde_json::to_vec(&r).unwrap(), "{threads} threads");
         texts.push(text);
-        // the public fields changed after verify: the text follows them
-        r.gradient[7] += 0.5;
+        // the public fields changed after verify, one entry of the gradient (its sign bit, a
+        // tiny change of its last bit, or swapping two entries), then one name: the text
+        // follows them
+        let g = r.gradient.clone();
+        let swap = |v: &mut Vec<f64>| {
+            let j = (1..v.len())
+                .find(|&j| v[j].to_bits() != v[0].to_bits())
+                .unwrap();
+            v.swap(0, j)
+        };
+        let edits: [&Edit; 4] = [
+            &|v| v[7] += 0.5,
+            &|v| v[11] = -v[11],
+            &|v| {
+                let last = v.len() - 1;
+                v[last] = f64::from_bits(v[last].to_bits() ^ 1)
+            },
+            &swap,
+        ];
+        for (e, edit) in edits.iter().enumerate() {
+            r.gradient = g.clone();
+            edit(&mut r.gradient);
+            let mut changed = Vec::new();
+            r.write_json(&mut changed).unwrap();
+            assert!(
+                changed == serde_json::to_vec(&r).unwrap(),
+                "{threads} threads, gradient edit {e}"
+            );
+            assert!(changed != texts[0]);
+        }
+        r.gradient = g;
         let mut names: Vec<String> = r.variables.to_vec();
         names[3] = "renamed \"w\"".into();
         r.variables = VarNames::from_iter(names);
@@ -123,7 +165,7 @@ fn spelled_text_is_serde_jsons_and_is_not_used_once_stale() {
         r.write_json(&mut changed).unwrap();
         assert!(
             changed == serde_json::to_vec(&r).unwrap(),
-            "{threads} threads, changed"
+            "{threads} threads, names changed"
         );
         assert!(changed != texts[0]);
     }

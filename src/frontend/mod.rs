@@ -165,7 +165,7 @@ fn read_source(path: &Path, ext: &str) -> Result<Source, Error> {
                 Some(p) if !p.as_os_str().is_empty() => p,
                 _ => Path::new("."),
             };
-            onnx_proto::decode_with_base(&bytes, Some(base))
+            onnx_proto::decode_owned(bytes, Some(base))
                 .map(Source::Onnx)
                 .map_err(|e| at_path(path, e.into()))
         }

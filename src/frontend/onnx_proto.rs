@@ -246,8 +246,9 @@ pub mod proto {
         #[prost(string, optional, tag = "8")]
         pub name: Option<String>,
         /// Elements as fixed-width little-endian bytes (field 9).
-        #[prost(bytes = "vec", optional, tag = "9")]
-        pub raw_data: Option<Vec<u8>>,
+        /// (`Bytes`: decoded from a file's bytes it is a view into them, not a copy.)
+        #[prost(bytes = "bytes", optional, tag = "9")]
+        pub raw_data: Option<bytes::Bytes>,
         /// DOUBLE (and COMPLEX128) elements (field 10).
         #[prost(double, repeated, tag = "10")]
         pub double_data: Vec<f64>,
@@ -773,6 +774,12 @@ pub fn decode(bytes: &[u8]) -> Result<Model, OnnxError> {
     decode_with_base(bytes, None)
 }
 
+/// [`decode_with_base`] of a file's bytes, taken over: the tensors' `raw_data` are then views
+/// into them (megabytes of weights are not copied once more).
+pub fn decode_owned(bytes: Vec<u8>, base: Option<&Path>) -> Result<Model, OnnxError> {
+    decode_buf(bytes::Bytes::from(bytes), base)
+}
+
 /// Decode the bytes of an ONNX file whose external data (if any) live in the folder
 /// `base`, the folder of the model file. Each external tensor's `location` must be a
 /// relative path without `..` that resolves, after following symbolic links, inside
@@ -780,6 +787,10 @@ pub fn decode(bytes: &[u8]) -> Result<Model, OnnxError> {
 /// bytes, which must be exactly the little-endian values its dims require. With
 /// `base = None` external data is an error.
 pub fn decode_with_base(bytes: &[u8], base: Option<&Path>) -> Result<Model, OnnxError> {
+    decode_buf(bytes::Bytes::copy_from_slice(bytes), base)
+}
+
+fn decode_buf(bytes: bytes::Bytes, base: Option<&Path>) -> Result<Model, OnnxError> {
     let ext = External::new(base);
     let model = proto::ModelProto::decode(bytes).map_err(OnnxError::Decode)?;
     let ir_version = model.ir_version.unwrap_or(0);
@@ -1068,7 +1079,7 @@ fn convert_tensor(
 ) -> Result<Tensor, OnnxError> {
     if t.data_location == Some(DataLocation::External as i32) || !t.external_data.is_empty() {
         let external_raw = proto::TensorProto {
-            raw_data: Some(ext.read(&name, &t.external_data)?),
+            raw_data: Some(ext.read(&name, &t.external_data)?.into()),
             external_data: vec![],
             data_location: None,
             ..t.clone()
@@ -1559,7 +1570,12 @@ mod tests {
             name: Some(name.into()),
             dims: dims.to_vec(),
             data_type: Some(DataType::Float as i32),
-            raw_data: Some(vals.iter().flat_map(|v| v.to_le_bytes()).collect()),
+            raw_data: Some(
+                vals.iter()
+                    .flat_map(|v| v.to_le_bytes())
+                    .collect::<Vec<u8>>()
+                    .into(),
+            ),
             ..Default::default()
         }
     }
@@ -1627,7 +1643,8 @@ mod tests {
     #[test]
     fn raw_data_length_mismatch() {
         let mut t = f32_tensor("W", &[3, 2], &[1.0; 6]);
-        t.raw_data.as_mut().unwrap().pop();
+        let raw = t.raw_data.take().unwrap();
+        t.raw_data = Some(raw.slice(..raw.len() - 1));
         assert_eq!(
             err_msg(with_tensor(t)),
             "tensor 'W': raw_data has 23 bytes but dims [3, 2] of FLOAT need 24"
@@ -1713,7 +1730,13 @@ mod tests {
                 },
                 TensorProto {
                     data_type: Some(DataType::Double as i32),
-                    raw_data: Some([0.1f64, 3.0].iter().flat_map(|v| v.to_le_bytes()).collect()),
+                    raw_data: Some(
+                        [0.1f64, 3.0]
+                            .iter()
+                            .flat_map(|v| v.to_le_bytes())
+                            .collect::<Vec<u8>>()
+                            .into(),
+                    ),
                     ..f32_tensor("d_raw", &[2, 1], &[])
                 },
                 TensorProto {
@@ -1724,7 +1747,7 @@ mod tests {
                 },
                 TensorProto {
                     data_type: Some(DataType::Int32 as i32),
-                    raw_data: Some((-5i32).to_le_bytes().to_vec()),
+                    raw_data: Some((-5i32).to_le_bytes().to_vec().into()),
                     ..f32_tensor("i32_raw", &[], &[])
                 },
                 TensorProto {
