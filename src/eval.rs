@@ -897,6 +897,28 @@ impl<'a> ReverseSweeper<'a> {
         let GradSink::Entries(mut e) = sink else {
             unreachable!("an entry sink stays one")
         };
+        // The entries come in strictly ascending runs, one per variable node reached. When the
+        // runs' index ranges do not overlap (distinct parameter tensors), no index repeats and
+        // putting the runs in order is the sort.
+        let mut runs: Vec<std::ops::Range<usize>> = Vec::new();
+        let mut start = 0;
+        for t in 1..=e.len() {
+            if t == e.len() || e[t].0 <= e[t - 1].0 {
+                runs.push(start..t);
+                start = t;
+            }
+        }
+        runs.sort_unstable_by_key(|r| e[r.start].0);
+        if runs.windows(2).all(|w| e[w[0].end - 1].0 < e[w[1].start].0) {
+            let (mut idx, mut val) = (Vec::with_capacity(e.len()), Vec::with_capacity(e.len()));
+            for r in runs {
+                for &(p, v) in &e[r] {
+                    idx.push(p);
+                    val.push(v);
+                }
+            }
+            return Ok(SparseAdjoint { idx, val, stopped });
+        }
         // stable: entries of one index (overlapping variable nodes) keep the visiting order,
         // so their sum is the dense sweep's, bit for bit
         e.sort_by_key(|t| t.0);
@@ -1671,6 +1693,29 @@ mod tests {
             ),
         ] {
             sparse_equals_dense(&crate::compile(src).unwrap().graph, &x);
+        }
+    }
+
+    #[test]
+    fn sparse_sweeps_equal_dense_sweeps_over_overlapping_variable_nodes() {
+        // x[0..4], x[2..5] and x[1..2] as three nodes: their entries overlap (summed in
+        // visiting order) or interleave, unlike the runs of distinct tensors
+        use crate::graph::{Origin, Role};
+        let mut g = Graph::new(5);
+        let a = g.var(0, 4).unwrap();
+        let b = g.var(2, 3).unwrap();
+        let c = g.var(1, 1).unwrap();
+        let a3 = g.gather(a, vec![1, 2, 3]).unwrap();
+        let s = g.sub(a3, b).unwrap();
+        let u = g.abs(s, Role::Abs, Origin::Internal);
+        let cb = g.gather(c, vec![0, 0, 0]).unwrap();
+        let t = g.mul(cb, b).unwrap();
+        let v = g.add(u, t).unwrap();
+        let w = g.abs(v, Role::Abs, Origin::Internal);
+        let y = g.sum(w);
+        g.set_output(y).unwrap();
+        for x in [[0.0, 1.0, 1.0, 2.0, 2.0], [0.5, -1.0, 3.0, 0.25, 1.0]] {
+            sparse_equals_dense(&g, &x);
         }
     }
 
