@@ -45,67 +45,11 @@ pub fn threads() -> usize {
         .min(MAX_THREADS)
 }
 
-/// Run jobs `0..n`, job `i` as `f(state, i)`, on one thread per element of `states` (the
-/// first on the calling thread), handing out the jobs in ascending order as threads get free;
-/// the results come back in job order. With one state, or one job, it is a plain loop; with
-/// no state no job runs.
-///
-/// ```
-/// let mut states = vec![0usize; 3]; // jobs run per state: any split
-/// let squares = kinkcheck::par::map_with(&mut states, 10, |count, i| {
-///     *count += 1;
-///     i * i
-/// });
-/// assert_eq!(squares, (0..10).map(|i| i * i).collect::<Vec<_>>());
-/// assert_eq!(states.iter().sum::<usize>(), 10);
-/// ```
-pub fn map_with<S, T, F>(states: &mut [S], n: usize, f: F) -> Vec<T>
-where
-    S: Send,
-    T: Send,
-    F: Fn(&mut S, usize) -> T + Sync,
-{
-    let Some((first, rest)) = states.split_first_mut() else {
-        return Vec::new();
-    };
-    if rest.is_empty() || n <= 1 {
-        return (0..n).map(|i| f(first, i)).collect();
-    }
-    let next = AtomicUsize::new(0);
-    let work = |s: &mut S| {
-        let mut done = Vec::new();
-        loop {
-            let i = next.fetch_add(1, Ordering::Relaxed);
-            if i >= n {
-                return done;
-            }
-            done.push((i, f(s, i)));
-        }
-    };
-    let mut slots: Vec<Option<T>> = (0..n).map(|_| None).collect();
-    std::thread::scope(|scope| {
-        let handles: Vec<_> = rest.iter_mut().map(|s| scope.spawn(|| work(s))).collect();
-        let mut all = vec![work(first)];
-        for h in handles {
-            // a job that panicked panics here too, as it would have on one thread
-            all.push(h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)));
-        }
-        for (i, t) in all.into_iter().flatten() {
-            slots[i] = Some(t);
-        }
-    });
-    // every index below n was handed out exactly once by the counter, and every thread ran
-    // its jobs to completion before the scope ended
-    slots
-        .into_iter()
-        .map(|t| t.expect("every job ran once"))
-        .collect()
-}
-
-/// [`map_with`] where only the calling thread's state exists yet: each of `helpers` other
-/// threads first makes its own state with `make` (so that the calling thread, which starts
-/// on the jobs at once with `first`, never waits for a state to be built), then takes jobs
-/// like the calling thread. The results come back in job order.
+/// Run jobs `0..n`, job `i` as `f(state, i)`, on the calling thread (with the state `first`)
+/// and on `helpers` other threads, each of which first makes its own state with `make` (so
+/// that the calling thread, which starts on the jobs at once, never waits for a state to be
+/// built). The jobs are handed out in ascending order as threads get free; the results come
+/// back in job order. With no helper, or one job, it is a plain loop.
 ///
 /// ```
 /// let mut mine = Vec::new();
@@ -256,19 +200,27 @@ mod tests {
 
     #[test]
     fn results_are_in_job_order_for_any_number_of_threads() {
-        for threads in 1..=5 {
+        for helpers in 0..=4 {
             for n in [0, 1, 2, 7, 100] {
-                let mut states = vec![Vec::new(); threads];
-                let out = map_with(&mut states, n, |seen: &mut Vec<usize>, i| {
-                    seen.push(i);
-                    3 * i + 1
-                });
+                let seen = std::sync::Mutex::new(Vec::new());
+                let mut mine = Vec::new();
+                let out = map_with_helpers(
+                    &mut mine,
+                    helpers,
+                    Vec::new,
+                    n,
+                    |own: &mut Vec<usize>, i| {
+                        // each thread takes its jobs in ascending order
+                        assert!(own.last().is_none_or(|&l| l < i));
+                        own.push(i);
+                        seen.lock().unwrap().push(i);
+                        3 * i + 1
+                    },
+                );
                 assert_eq!(out, (0..n).map(|i| 3 * i + 1).collect::<Vec<_>>());
-                let mut all: Vec<usize> = states.concat();
+                let mut all = seen.into_inner().unwrap();
                 all.sort_unstable();
                 assert_eq!(all, (0..n).collect::<Vec<_>>(), "each job once");
-                // each thread takes its jobs in ascending order
-                assert!(states.iter().all(|s| s.windows(2).all(|w| w[0] < w[1])));
             }
         }
     }
@@ -321,11 +273,5 @@ mod tests {
                 }
             }
         }
-    }
-
-    #[test]
-    fn no_states_no_results() {
-        let mut states: Vec<()> = Vec::new();
-        assert!(map_with(&mut states, 5, |_, i| i).is_empty());
     }
 }
