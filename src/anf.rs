@@ -31,6 +31,19 @@ use serde::Serialize;
 /// (one forward pass over the graph) to spare the sweeps of the flat ones.
 pub const FLAT_MIN_K: usize = 64;
 
+/// When [`ActiveData::compute_with`] runs the [`Flatness`] pre-pass.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) enum FlatPlan {
+    /// Not at all: one sweep per active switch.
+    Off,
+    /// Beside the sweep from the output (on another thread when there is one).
+    Beside,
+    /// On this thread, once the row sweeps have taken this long (`None`: as long as the sweep
+    /// from the output), if the sweeps left would take longer than that again at the rate so
+    /// far (`Some(ZERO)`: before the first row sweep).
+    Later(Option<std::time::Duration>),
+}
+
 /// Time the sweeps of [`ActiveData::compute_in`] run on the calling thread before the rest
 /// are spread over threads (below it, starting a thread costs more than it saves).
 pub const PAR_AFTER: std::time::Duration = std::time::Duration::from_micros(500);
@@ -270,21 +283,34 @@ impl ActiveData {
     /// point several times allocates them once). The [`Flatness`] pre-pass costs about one
     /// forward pass, so it runs only when there are at least [`FLAT_MIN_K`] active switches to
     /// spare a sweep each; the data are the same either way.
+    ///
+    /// On more than one thread the pre-pass runs beside the sweep from the output. On one
+    /// thread it would be paid for in full, so it waits: the row sweeps start without it, and
+    /// once they have taken as long as the sweep from the output (about what the pre-pass
+    /// costs), it runs only if the sweeps left would, at the rate so far, take longer than
+    /// that again; the flat switches among those left are then spared.
     pub fn compute_in(
         sw: &mut ReverseSweeper,
         z: &[f64],
         active: &[SwitchId],
     ) -> Result<ActiveData, EvalError> {
-        Self::compute_with(sw, z, active, active.len() >= FLAT_MIN_K, PAR_AFTER)
+        let flat = if active.len() < FLAT_MIN_K {
+            FlatPlan::Off
+        } else if crate::par::threads() >= 2 {
+            FlatPlan::Beside
+        } else {
+            FlatPlan::Later(None)
+        };
+        Self::compute_with(sw, z, active, flat, PAR_AFTER)
     }
 
-    /// [`Self::compute_in`], with or without the [`Flatness`] pre-pass (`false`: one sweep per
-    /// active switch; the tests check both give the same data).
+    /// [`Self::compute_in`] with the [`Flatness`] pre-pass as `plan` says (the tests check
+    /// that every plan gives the same data).
     pub(crate) fn compute_with(
         sw: &mut ReverseSweeper,
         z: &[f64],
         active: &[SwitchId],
-        use_flat: bool,
+        plan: FlatPlan,
         par_after: std::time::Duration,
     ) -> Result<ActiveData, EvalError> {
         let (g, ev) = (sw.graph(), sw.evaluation());
@@ -295,16 +321,12 @@ impl ActiveData {
             pos[s.0] = k;
         }
         let k = active.len();
-        let mut j = Vec::with_capacity(k);
-        // L̂ rows are kept sparse (the entries a sweep stopped at) until the degenerate switches
-        // are gone: a max-pool over dead relu units has thousands of exact ties whose rows are
-        // all zero, and a dense k × k L̂ over them would not fit in memory.
-        let mut lhat_rows: Vec<Vec<(usize, f64)>> = Vec::with_capacity(k);
         // Switches whose argument the forward pass of [`Flatness`] proves flat are degenerate
         // without a sweep: their rows are zero (an L̂ row of a flat switch only refers to flat
         // switches, which are dropped with it).
         // the sweep from the output (the longest) runs beside the flatness pre-pass
-        let (flat, out) = if use_flat {
+        let t_out = std::time::Instant::now();
+        let (mut flat, out) = if plan == FlatPlan::Beside {
             crate::par::join(
                 || Flatness::compute(g, ev, &rules),
                 || sw.sweep(Seed::Output, &rules),
@@ -313,10 +335,37 @@ impl ActiveData {
             (None, sw.sweep(Seed::Output, &rules))
         };
         let out = out?;
+        let is_flat = |flat: &Option<Flatness>, s: SwitchId| {
+            flat.as_ref().is_some_and(|f| f.switch_is_flat(g, s))
+        };
+        if let FlatPlan::Later(after) = plan {
+            // one thread: sweep in order, and decide on the pre-pass once the sweeps have taken
+            // `after` (default: as long as the output sweep)
+            let after = after.unwrap_or_else(|| t_out.elapsed());
+            let started = std::time::Instant::now();
+            let mut decided = false;
+            let mut rows = Vec::with_capacity(k);
+            for (i, &s) in active.iter().enumerate() {
+                if !decided && started.elapsed() >= after {
+                    decided = true;
+                    let spent = started.elapsed().as_secs_f64();
+                    let rate = if i == 0 {
+                        f64::INFINITY
+                    } else {
+                        spent / i as f64
+                    };
+                    if rate * (k - i) as f64 > after.as_secs_f64() {
+                        flat = Flatness::compute(g, ev, &rules);
+                    }
+                }
+                rows.push((!is_flat(&flat, s)).then(|| sw.sweep_sparse(Seed::Switch(s), &rules)));
+            }
+            return Self::assemble(g, active, &pos, out, rows);
+        }
         let swept: Vec<SwitchId> = active
             .iter()
             .copied()
-            .filter(|&s| !flat.as_ref().is_some_and(|f| f.switch_is_flat(g, s)))
+            .filter(|&s| !is_flat(&flat, s))
             .collect();
         // The sweeps are independent. They run on this thread until they have taken
         // PAR_AFTER; the ones left then go to the machine's cores (crate::par), each thread
@@ -342,8 +391,30 @@ impl ActiveData {
             |sw, q| sw.sweep_sparse(Seed::Switch(swept[done + q]), &rules),
         ));
         let mut swept_rows = rows.into_iter();
-        for &s in active {
-            if flat.as_ref().is_some_and(|f| f.switch_is_flat(g, s)) {
+        let rows = active
+            .iter()
+            .map(|&s| (!is_flat(&flat, s)).then(|| swept_rows.next()).flatten())
+            .collect();
+        Self::assemble(g, active, &pos, out, rows)
+    }
+
+    /// The reduced data from the sweep from the output and, per active switch, its row sweep
+    /// (`None`: a flat switch, whose row is zero).
+    fn assemble(
+        g: &Graph,
+        active: &[SwitchId],
+        pos: &[usize],
+        out: crate::eval::Adjoint,
+        rows: Vec<Option<Result<crate::eval::SparseAdjoint, EvalError>>>,
+    ) -> Result<ActiveData, EvalError> {
+        let k = active.len();
+        let mut j = Vec::with_capacity(k);
+        // L̂ rows are kept sparse (the entries a sweep stopped at) until the degenerate switches
+        // are gone: a max-pool over dead relu units has thousands of exact ties whose rows are
+        // all zero, and a dense k × k L̂ over them would not fit in memory.
+        let mut lhat_rows: Vec<Vec<(usize, f64)>> = Vec::with_capacity(k);
+        for row in rows {
+            let Some(adj) = row.transpose()? else {
                 j.push(SparseRow {
                     len: g.n_vars(),
                     idx: Vec::new(),
@@ -351,9 +422,6 @@ impl ActiveData {
                 });
                 lhat_rows.push(Vec::new());
                 continue;
-            }
-            let Some(adj) = swept_rows.next().transpose()? else {
-                unreachable!("one sweep per switch that is not flat, in order")
             };
             j.push(SparseRow {
                 len: g.n_vars(),

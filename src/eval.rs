@@ -518,6 +518,27 @@ fn gemm_forward(g: &Graph, buf: &mut [f64], members: &[usize]) {
     }
 }
 
+/// The bound of node `i` for [`switch_states_bounded`]: a convolution's output channel c is
+/// bounded by `‖w_c‖₁ · max m(x) + m(b_c)` (its window's terms, padding included, are at most
+/// that), every other node as in [`magnitude_node`].
+fn bound_node(g: &Graph, ev: &Evaluation, m: &mut [f64], i: usize) {
+    let node = &g.nodes()[i];
+    let Op::Conv { x, w, bias, spec } = &node.op else {
+        return magnitude_node(g, ev, m, i);
+    };
+    let (lo, hi) = m.split_at_mut(node.offset);
+    let out = &mut hi[..node.len];
+    let top = lo[window(g, *x)].iter().fold(0.0f64, |a, &v| a.max(v));
+    let wm = &lo[window(g, *w)];
+    let per = wm.len() / spec.out_channels.max(1);
+    let size = node.len / spec.out_channels.max(1);
+    for c in 0..spec.out_channels {
+        let norm: f64 = wm[c * per..(c + 1) * per].iter().sum();
+        let b = bias.map_or(0.0, |b| lo[window(g, b)][c]);
+        out[c * size..(c + 1) * size].fill(norm * top + b);
+    }
+}
+
 /// `out_s,r = ‖W_r‖₁ · maxⱼ x_sj` for every member of a group, on magnitudes `buf` (all ≥ 0):
 /// an upper bound of `(W x_s)_r`, at the cost of reading W once.
 fn group_bound(g: &Graph, buf: &mut [f64], members: &[usize]) {
@@ -582,14 +603,15 @@ pub fn magnitudes(g: &Graph, ev: &Evaluation) -> Vec<f64> {
     magnitudes_by(g, ev, Schedule::new(g).as_ref(), false)
 }
 
-/// [`magnitudes`] over the schedule `sched`; with `bound`, each batched product is replaced
-/// by its bound `‖W_r‖₁ · maxⱼ m(x_sj)` (see [`switch_states_bounded`]).
+/// [`magnitudes`] over the schedule `sched`; with `bound`, each batched product and each
+/// convolution is replaced by its bound (see [`switch_states_bounded`]).
 fn magnitudes_by(g: &Graph, ev: &Evaluation, sched: Option<&Schedule>, bound: bool) -> Vec<f64> {
     let mut m = vec![0.0; g.total_len()];
     match sched {
         Some(sched) => {
             for step in &sched.steps {
                 match step {
+                    Step::Node(i) if bound => bound_node(g, ev, &mut m, *i),
                     Step::Node(i) => magnitude_node(g, ev, &mut m, *i),
                     Step::Group(members) if bound => group_bound(g, &mut m, members),
                     Step::Group(members) => gemm_forward(g, &mut m, members),
@@ -598,7 +620,11 @@ fn magnitudes_by(g: &Graph, ev: &Evaluation, sched: Option<&Schedule>, bound: bo
         }
         None => {
             for i in 0..g.nodes().len() {
-                magnitude_node(g, ev, &mut m, i);
+                if bound {
+                    bound_node(g, ev, &mut m, i);
+                } else {
+                    magnitude_node(g, ev, &mut m, i);
+                }
             }
         }
     }
@@ -1419,7 +1445,8 @@ pub fn switch_states(g: &Graph, ev: &Evaluation, tau_act: f64) -> Vec<SwitchStat
 /// magnitude of [`switch_states`] when some switch needs it, else an upper bound of it.
 ///
 /// The bounds are [`magnitudes`] with each batched product `Σⱼ |W_rj| m(x_sj)` replaced by
-/// `‖W_r‖₁ · maxⱼ m(x_sj)` (every other node as there, each monotone in its operands'
+/// `‖W_r‖₁ · maxⱼ m(x_sj)` and each convolution's channel c by `‖w_c‖₁ · max m(x) + m(b_c)`
+/// (every other node as there, each monotone in its operands'
 /// magnitudes, all ≥ 0), so every bound is at least the magnitude, up to rounding of relative
 /// size (depth × width × ε). When every switch with zᵢ ≠ 0 has `|zᵢ| > 2 τ_act · boundᵢ`
 /// (the factor 2 covers that rounding many times over) they are all inactive under the exact
@@ -1436,11 +1463,13 @@ pub fn switch_states(g: &Graph, ev: &Evaluation, tau_act: f64) -> Vec<SwitchStat
 /// assert_eq!(act(&fast), act(&exact));
 /// ```
 pub fn switch_states_bounded(g: &Graph, ev: &Evaluation, tau_act: f64) -> Vec<SwitchState> {
-    let Some(sched) = Schedule::new(g) else {
-        // no batched products: the bounds would cost what the magnitudes cost
+    let sched = Schedule::new(g);
+    if sched.is_none() && !g.nodes().iter().any(|n| matches!(n.op, Op::Conv { .. })) {
+        // no batched products and no convolutions: the bounds would cost what the
+        // magnitudes cost
         return switch_states(g, ev, tau_act);
-    };
-    let bounds = magnitudes_by(g, ev, Some(&sched), true);
+    }
+    let bounds = magnitudes_by(g, ev, sched.as_ref(), true);
     let decided = g.abs_nodes().iter().all(|an| {
         let n = g.node(an.arg);
         (n.offset..n.offset + n.len).all(|i| {
@@ -1451,7 +1480,7 @@ pub fn switch_states_bounded(g: &Graph, ev: &Evaluation, tau_act: f64) -> Vec<Sw
     if decided {
         classify(g, ev, tau_act, &bounds)
     } else {
-        classify(g, ev, tau_act, &magnitudes_by(g, ev, Some(&sched), false))
+        classify(g, ev, tau_act, &magnitudes_by(g, ev, sched.as_ref(), false))
     }
 }
 

@@ -273,7 +273,7 @@ fn bidx(len: usize, k: usize) -> usize {
 
 #[cfg(test)]
 mod tests {
-    use crate::anf::ActiveData;
+    use crate::anf::{ActiveData, FlatPlan};
     use crate::eval::{evaluate, switch_states, TAU_ACT};
     use crate::graph::SwitchId;
     use std::path::Path;
@@ -288,17 +288,24 @@ mod tests {
         let act: Vec<SwitchId> = states.iter().filter(|s| s.z == 0.0).map(|s| s.id).collect();
         let mut sw = crate::eval::ReverseSweeper::new(g, &ev);
         let serial = std::time::Duration::MAX;
-        let a = ActiveData::compute_with(&mut sw, &z, &act, true, serial).unwrap();
-        let b = ActiveData::compute_with(&mut sw, &z, &act, false, serial).unwrap();
+        let a = ActiveData::compute_with(&mut sw, &z, &act, FlatPlan::Beside, serial).unwrap();
+        let b = ActiveData::compute_with(&mut sw, &z, &act, FlatPlan::Off, serial).unwrap();
         // and the same on three threads from the first sweep on (the pre-pass beside the
         // output sweep, every row sweep spread over the threads)
         crate::par::set_threads(3);
         let zero = std::time::Duration::ZERO;
-        let a3 = ActiveData::compute_with(&mut sw, &z, &act, true, zero).unwrap();
-        let b3 = ActiveData::compute_with(&mut sw, &z, &act, false, zero).unwrap();
+        let a3 = ActiveData::compute_with(&mut sw, &z, &act, FlatPlan::Beside, zero).unwrap();
+        let b3 = ActiveData::compute_with(&mut sw, &z, &act, FlatPlan::Off, zero).unwrap();
         crate::par::set_threads(0);
+        // and with the pre-pass decided during the row sweeps (one thread): before the first
+        // sweep, never, and after as long as the output sweep took
+        let mut later =
+            |after| ActiveData::compute_with(&mut sw, &z, &act, FlatPlan::Later(after), serial);
+        let l0 = later(Some(zero)).unwrap();
+        let lmax = later(Some(serial)).unwrap();
+        let lout = later(None).unwrap();
         let bits = |v: &[f64]| v.iter().map(|c| c.to_bits()).collect::<Vec<_>>();
-        for (x, y) in [(&a, &a3), (&b, &b3)] {
+        for (x, y) in [(&a, &a3), (&b, &b3), (&a, &l0), (&b, &lmax), (&a, &lout)] {
             assert_eq!(x.active, y.active);
             assert_eq!(x.degenerate, y.degenerate);
             assert_eq!(x.j.len(), y.j.len());

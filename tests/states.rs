@@ -160,3 +160,31 @@ fn a_program_without_batch_uses_the_magnitudes() {
         assert_same(&exact, &fast);
     }
 }
+
+#[test]
+fn cnns_from_torch_classify_as_with_the_magnitudes() {
+    // convolutions (bounded by ‖w_c‖₁ · max m(x) + m(b_c)), max-pool ties, and the residual
+    // CNN's near-active switches (the exact magnitudes are then used)
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/torch");
+    let mut near = 0;
+    for (model, data) in [
+        ("lenet_classic.onnx", "lenet_data.json"),
+        ("bench/lenet5.onnx", "bench/lenet5_data.json"),
+        ("bench/resnet_small.onnx", "bench/resnet_small_data.json"),
+        ("conv1d_classic.onnx", "conv1d_data.json"),
+        ("avgpool_classic.onnx", "avgpool_data.json"),
+    ] {
+        let p = kinkcheck::frontend::load(&dir.join(model), Some(&dir.join(data)), None, None)
+            .unwrap_or_else(|e| panic!("{model}: {e}"));
+        let x = p.point.clone().unwrap();
+        let ev = eval::evaluate(&p.graph, &x).unwrap();
+        let exact = eval::switch_states(&p.graph, &ev, TAU_ACT);
+        let fast = eval::switch_states_bounded(&p.graph, &ev, TAU_ACT);
+        assert_same(&exact, &fast);
+        near += exact
+            .iter()
+            .filter(|s| s.activity == Activity::Near)
+            .count();
+    }
+    assert!(near > 0, "a model with near-active switches (the fallback)");
+}
