@@ -324,7 +324,8 @@ impl ActiveData {
         // Switches whose argument the forward pass of [`Flatness`] proves flat are degenerate
         // without a sweep: their rows are zero (an L̂ row of a flat switch only refers to flat
         // switches, which are dropped with it).
-        // the sweep from the output (the longest) runs beside the flatness pre-pass
+        // with FlatPlan::Beside, the sweep from the output (the longest) runs beside the
+        // flatness pre-pass
         let t_out = std::time::Instant::now();
         let (mut flat, out) = if plan == FlatPlan::Beside {
             crate::par::join(

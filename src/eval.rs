@@ -157,42 +157,11 @@ pub fn erf(t: f64) -> f64 {
 /// Dense layers over a batch (matrix–vector nodes sharing one weight node, see [`Schedule`])
 /// are evaluated as one matrix–matrix product per layer.
 pub fn evaluate(g: &Graph, x: &[f64]) -> Result<Evaluation, EvalError> {
-    check_point(g, x)?;
-    let mut vals = vec![0.0; g.total_len()];
-    if let Some(sched) = Schedule::new(g) {
-        let mut ok = true;
-        for step in &sched.steps {
-            match step {
-                Step::Node(i) => ok = eval_node(g, &mut vals, x, *i).is_ok(),
-                Step::Group(members) => {
-                    gemm_forward(g, &mut vals, members);
-                    ok = members.iter().all(|&i| {
-                        let n = &g.nodes()[i];
-                        vals[n.offset..n.offset + n.len]
-                            .iter()
-                            .all(|v| v.is_finite())
-                    });
-                }
-            }
-            if !ok {
-                break;
-            }
-        }
-        if ok {
-            return Ok(Evaluation {
-                x: x.to_vec(),
-                values: vals,
-            });
-        }
-        // an error: the evaluation in node order reports the first one in node order
-        vals.iter_mut().for_each(|v| *v = 0.0);
-    }
-    for i in 0..g.nodes().len() {
-        eval_node(g, &mut vals, x, i)?;
-    }
+    let mut values = Vec::new();
+    evaluate_on(g, x, &vec![true; g.nodes().len()], &mut values)?;
     Ok(Evaluation {
         x: x.to_vec(),
-        values: vals,
+        values,
     })
 }
 
@@ -607,26 +576,18 @@ pub fn magnitudes(g: &Graph, ev: &Evaluation) -> Vec<f64> {
 /// convolution is replaced by its bound (see [`switch_states_bounded`]).
 fn magnitudes_by(g: &Graph, ev: &Evaluation, sched: Option<&Schedule>, bound: bool) -> Vec<f64> {
     let mut m = vec![0.0; g.total_len()];
+    let node = if bound { bound_node } else { magnitude_node };
     match sched {
         Some(sched) => {
             for step in &sched.steps {
                 match step {
-                    Step::Node(i) if bound => bound_node(g, ev, &mut m, *i),
-                    Step::Node(i) => magnitude_node(g, ev, &mut m, *i),
+                    Step::Node(i) => node(g, ev, &mut m, *i),
                     Step::Group(members) if bound => group_bound(g, &mut m, members),
                     Step::Group(members) => gemm_forward(g, &mut m, members),
                 }
             }
         }
-        None => {
-            for i in 0..g.nodes().len() {
-                if bound {
-                    bound_node(g, ev, &mut m, i);
-                } else {
-                    magnitude_node(g, ev, &mut m, i);
-                }
-            }
-        }
+        None => (0..g.nodes().len()).for_each(|i| node(g, ev, &mut m, i)),
     }
     m
 }
@@ -873,24 +834,6 @@ impl<'a> ReverseSweeper<'a> {
             abs_index,
             sched: Schedule::new(g),
         }
-    }
-
-    /// Fresh buffers for sweeps over the same graph and point (for another thread), sharing
-    /// nothing but the graph and the evaluation.
-    pub fn fork(&self) -> Self {
-        ReverseSweeper {
-            g: self.g,
-            ev: self.ev,
-            adj: vec![0.0; self.g.total_len()],
-            marks: Marks::new(self.g.nodes().len(), self.g.total_len()),
-            abs_index: self.abs_index.clone(),
-            sched: self.sched.clone(),
-        }
-    }
-
-    /// The adjoint buffer (one entry per value of the graph), to be reused by the caller.
-    pub fn into_buffer(self) -> Vec<f64> {
-        self.adj
     }
 
     /// The graph the sweeps run over.
@@ -1446,9 +1389,8 @@ pub fn switch_states(g: &Graph, ev: &Evaluation, tau_act: f64) -> Vec<SwitchStat
 ///
 /// The bounds are [`magnitudes`] with each batched product `Σⱼ |W_rj| m(x_sj)` replaced by
 /// `‖W_r‖₁ · maxⱼ m(x_sj)` and each convolution's channel c by `‖w_c‖₁ · max m(x) + m(b_c)`
-/// (every other node as there, each monotone in its operands'
-/// magnitudes, all ≥ 0), so every bound is at least the magnitude, up to rounding of relative
-/// size (depth × width × ε). When every switch with zᵢ ≠ 0 has `|zᵢ| > 2 τ_act · boundᵢ`
+/// (every other node as there, each monotone in its operands' magnitudes, all ≥ 0), so every
+/// bound is at least the magnitude, up to rounding of relative size (depth × width × ε). When every switch with zᵢ ≠ 0 has `|zᵢ| > 2 τ_act · boundᵢ`
 /// (the factor 2 covers that rounding many times over) they are all inactive under the exact
 /// magnitudes too, and switches with zᵢ = 0 are active whatever the scale: the answer is that
 /// of [`switch_states`]. Otherwise the exact magnitudes are computed and used.

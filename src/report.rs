@@ -630,8 +630,8 @@ fn verify_with(
             "the AD vector overflows (an entry is not finite) at this point",
         ));
     }
-    // The JSON text of a long gradient and of the names is spelled on another core while
-    // this one runs the analysis (and helps when it is done).
+    // The JSON text of a long gradient is spelled on another core while this one runs the
+    // analysis (and helps when it is done); the names' text has been spelled since the start.
     let spell = names.map(|h| (h, spell_jobs(&gradient)));
     let analysed = std::thread::scope(|scope| {
         if let Some((_, jobs)) = &spell {
@@ -688,9 +688,7 @@ fn verify_with(
         .collect();
     let n = g.n_vars();
     let single = stage.check.blocks.len() <= 1;
-    // one value buffer for every witness evaluation: the sweeps' adjoint buffer, as long
-    // (memory already touched: fresh pages cost more than the evaluation)
-    let mut wbuf = sw.into_buffer();
+    let mut wbuf = Vec::new(); // one value buffer for every witness evaluation
     let pieces: Vec<PieceReport> = stage
         .check
         .pieces
